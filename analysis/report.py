@@ -1,0 +1,171 @@
+"""One self-contained HTML page with every table and figure of a sweep.
+
+The page needs nothing but itself: figures are PNG images embedded as base64 ``data:`` URIs,
+styles are inline, there is no script. It holds the ablation table (plus its LaTeX and CSV in
+collapsible blocks), a table of every run, and every figure of :func:`analysis.plots.sweep_figures`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.load import Sweep
+from analysis.plots import DPI, sweep_figures
+from analysis.table_format import display_cells, to_csv, to_latex
+from analysis.tables import AblationTable, build_table
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
+th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.baseline td { font-weight: 600; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #555; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dt { font-weight: 600; }
+"""
+
+_CAPTIONS = {
+    "knn_overlay": "Teacher (solid) and student (dashed) k-NN top-1 over epochs, mean ± std "
+                   "over seeds (paper Fig. 6 left: the momentum teacher beats the student).",
+    "knn_runs": "Teacher and student k-NN per run; dotted: teacher at random initialisation.",
+    "collapse": "Teacher entropy and KL(teacher‖student) over epochs (paper Fig. 7): KL → 0 "
+                "means collapse; entropy → ln K is a uniform collapse, → 0 a one-dimensional one.",
+    "patch_size": "Final teacher k-NN vs measured training throughput per patch size "
+                  "(paper Fig. 5).",
+    "batch_size": "Final teacher k-NN vs batch size (paper Table 9: 100 epochs, no multi-crop).",
+}
+
+
+def png_data_uri(figure: Figure) -> str:
+    """The figure as a ``data:image/png;base64,...`` URI."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _escape(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _html_table(headers: list[str], rows: Iterable[list[str]], numeric: list[bool],
+                highlighted: Iterable[bool] | None = None) -> str:
+    head = "".join(f"<th>{_escape(header)}</th>" for header in headers)
+    body = []
+    marks = list(highlighted) if highlighted is not None else None
+    for index, row in enumerate(rows):
+        cells = "".join(
+            f'<td class="num">{_escape(cell)}</td>' if is_numeric else f"<td>{_escape(cell)}</td>"
+            for cell, is_numeric in zip(row, numeric, strict=True)
+        )
+        attribute = ' class="baseline"' if marks is not None and marks[index] else ""
+        body.append(f"<tr{attribute}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def ablation_table_html(table: AblationTable) -> str:
+    """The ablation table as an HTML ``<table>``; the baseline row is bold."""
+    columns, rows = display_cells(table)
+    return _html_table([column.header for column in columns], rows,
+                       [column.numeric for column in columns], table.frame["is_baseline"])
+
+
+def _number(value: Any, digits: int) -> str:
+    return "–" if pd.isna(value) else f"{float(value):.{digits}f}"
+
+
+def runs_table_html(sweep: Sweep) -> str:
+    """One row per run: point, seed, state, epochs, final kNN, compute, collapse, reason."""
+    runs = sweep.runs
+    keys = [key for key in sweep.point_keys if key != "run_id"]
+    headers = ["run", *keys, "seed", "state", "epochs", "teacher kNN (%)", "student kNN (%)",
+               "compute (h)", "images/s", "collapse from epoch", "reason"]
+    numeric = [False, *(False for _ in keys), True, False, True, True, True, True, True, True,
+               False]
+    rows = []
+    for _, run in runs.iterrows():
+        planned = "?" if pd.isna(run["epochs_planned"]) else str(int(run["epochs_planned"]))
+        rows.append([
+            str(run["run_id"]),
+            *(("–" if pd.isna(run[key]) else str(run[key])) for key in keys),
+            "–" if pd.isna(run["seed"]) else str(run["seed"]),
+            str(run["state"]),
+            f"{run['epochs_done']}/{planned}",
+            _number(run["knn_teacher"] * 100.0, 2),
+            _number(run["knn_student"] * 100.0, 2),
+            _number(run["compute_hours"], 2),
+            _number(run["images_per_s"], 0),
+            "–" if pd.isna(run["collapse_epoch"]) else str(int(run["collapse_epoch"])),
+            "" if run["status_reason"] is None else str(run["status_reason"]),
+        ])
+    return _html_table(headers, rows, numeric)
+
+
+def _figure_html(stem: str, figure: Figure) -> str:
+    # Paged figures (knn_runs_01, knn_runs_02, ...) share the caption of their family.
+    caption = _CAPTIONS.get(stem) or _CAPTIONS.get(stem.rsplit("_", 1)[0], "")
+    title = stem.replace("_", " ")
+    return (
+        f'<figure id="fig-{_escape(stem)}"><img src="{png_data_uri(figure)}" '
+        f'alt="{_escape(title)}"><figcaption>{_escape(caption)}</figcaption></figure>'
+    )
+
+
+def render_report(sweep: Sweep) -> str:
+    """The report page of ``sweep`` as an HTML string."""
+    table = build_table(sweep)
+    state_counts = sweep.runs["state"].value_counts()
+    states = ", ".join(f"{state} {count}" for state, count in state_counts.items())
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    figures = "\n".join(_figure_html(stem, figure)
+                        for stem, figure in sweep_figures(sweep).items())
+    varied = ", ".join(sweep.varied_keys) or "nothing"
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>DINO ablation report: {_escape(sweep.name)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<h1>DINO ablation report: {_escape(sweep.name)}</h1>
+<dl>
+<dt>sweep directory</dt><dd><code>{_escape(sweep.root)}</code></dd>
+<dt>varied</dt><dd>{_escape(varied)}</dd>
+<dt>runs</dt><dd>{len(sweep.runs)} ({_escape(states)})</dd>
+<dt>baseline run</dt><dd>{_escape(sweep.baseline_run_id)}</dd>
+<dt>generated</dt><dd>{_escape(created)}</dd>
+</dl>
+<h2>Ablation table</h2>
+<p>Final k-NN top-1 (%) of the teacher and the student, mean ± std over seeds; Δ is the teacher
+k-NN minus the baseline point's, in percentage points. A done run whose metrics end in a
+sustained collapse is shown as collapsed.</p>
+{ablation_table_html(table)}
+<details><summary>LaTeX</summary><pre>{_escape(to_latex(table))}</pre></details>
+<details><summary>CSV</summary><pre>{_escape(to_csv(table))}</pre></details>
+<h2>Runs</h2>
+{runs_table_html(sweep)}
+<h2>Figures</h2>
+{figures}
+</body>
+</html>
+"""
+
+
+def write_report(sweep: Sweep, path: Path) -> Path:
+    """Write the report page of ``sweep`` to ``path``; returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(sweep), encoding="utf-8")
+    return path

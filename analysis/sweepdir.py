@@ -1,0 +1,130 @@
+"""Find the run directories of a sweep directory.
+
+Three layouts are accepted, checked in this order:
+
+1. a sweep directory: ``SWEEP_DIR/runs/<run_id>/`` (``SWEEP_DIR/sweep.json`` may be absent);
+2. a single run directory (``SWEEP_DIR`` itself holds run files);
+3. a directory whose immediate subdirectories are run directories.
+
+Anything else raises :class:`NotASweepDirectory`, whose message names the path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Files that the contract (docs/run_directory.md) puts in a run directory. A directory holding
+#: any one of them is a run directory; a pending run holds only ``run.json``.
+RUN_FILES: tuple[str, ...] = (
+    "run.json",
+    "config.yaml",
+    "init.json",
+    "metrics.jsonl",
+    "status.json",
+    "summary.json",
+)
+
+SWEEP_FILE = "sweep.json"
+RUNS_SUBDIR = "runs"
+
+
+class NotASweepDirectory(ValueError):
+    """The path is neither a sweep directory, a run directory nor a directory of runs."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class SweepLayout:
+    """Where the runs of one sweep live.
+
+    Attributes:
+        root: the directory the user named.
+        run_dirs: run directories in sweep order (``sweep.json`` ``runs`` first, then by name).
+        sweep_meta: the content of ``sweep.json``, or an empty mapping when it is absent.
+    """
+
+    root: Path
+    run_dirs: tuple[Path, ...]
+    sweep_meta: dict[str, Any]
+
+    @property
+    def named_baseline(self) -> str | None:
+        """The baseline run id named by ``sweep.json``, or None when none is named."""
+        baseline = self.sweep_meta.get("baseline")
+        return str(baseline) if baseline is not None else None
+
+    @property
+    def name(self) -> str | None:
+        """The sweep name from ``sweep.json``, or None when it is absent."""
+        name = self.sweep_meta.get("name")
+        return str(name) if name is not None else None
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory holding at least one run-directory file."""
+    return path.is_dir() and any((path / name).is_file() for name in RUN_FILES)
+
+
+def _read_sweep_meta(root: Path) -> dict[str, Any]:
+    path = root / SWEEP_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise NotASweepDirectory(path, f"cannot read sweep file: {error}") from error
+    if not isinstance(meta, dict):
+        raise NotASweepDirectory(path, "sweep file must hold a JSON object")
+    return meta
+
+
+def _ordered_run_dirs(parent: Path, listed: list[str]) -> tuple[Path, ...]:
+    """Run directories under ``parent``: ids ``listed`` by sweep.json first, then the rest."""
+    found = {child.name: child for child in parent.iterdir() if is_run_dir(child)}
+    ordered = []
+    for run_id in listed:
+        if run_id in found:
+            ordered.append(found.pop(run_id))
+        else:
+            logger.warning("%s lists run %s but %s does not exist yet; skipped",
+                           SWEEP_FILE, run_id, parent / run_id)
+    ordered.extend(found[name] for name in sorted(found))
+    return tuple(ordered)
+
+
+def locate(path: str | Path) -> SweepLayout:
+    """Find the run directories under ``path``.
+
+    Raises:
+        NotASweepDirectory: ``path`` does not exist, is not a directory, or holds no runs.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise NotASweepDirectory(root, "does not exist")
+    if not root.is_dir():
+        raise NotASweepDirectory(root, "is not a directory (expected a sweep or run directory)")
+    meta = _read_sweep_meta(root)
+    listed = [str(run_id) for run_id in meta.get("runs") or []]
+    runs_dir = root / RUNS_SUBDIR
+    if runs_dir.is_dir():
+        run_dirs = _ordered_run_dirs(runs_dir, listed)
+    elif is_run_dir(root):
+        run_dirs = (root,)
+    else:
+        run_dirs = _ordered_run_dirs(root, listed)
+    if not run_dirs:
+        raise NotASweepDirectory(
+            root,
+            "no run directories found (expected runs/<run_id>/ subdirectories, a run directory "
+            f"holding any of {', '.join(RUN_FILES)}, or subdirectories that are run directories)",
+        )
+    return SweepLayout(root=root, run_dirs=run_dirs, sweep_meta=meta)

@@ -1,0 +1,135 @@
+"""`dino-ablate sweep FILE --backend {slurm,ray} [--profile P] [--out DIR] [--dry-run] ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from dino_ablate.config import expand_root
+from dino_ablate.errors import ConfigError
+from dino_ablate.launch.base import Backend
+from dino_ablate.sweep import Point, Sweep, load_sweep
+
+DEFAULT_OUT_ENV = "DINO_ABLATE_OUT"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "sweep", help="expand a sweep file and run its points on SLURM or Ray",
+        description="Expand and validate every point of FILE (nothing is created when one is "
+        "invalid: exit code 2), then submit the points that are not done. Runs already done "
+        "or queued are skipped; interrupted ones resume from their checkpoints.")
+    p.add_argument("file", type=Path, help="sweep YAML (see docs/sweeps.md)")
+    p.add_argument("--backend", choices=("slurm", "ray"), required=True)
+    p.add_argument("--profile", help="profile of the sweep file (default: its default_profile, "
+                   "else the first)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"output root; the sweep directory is OUT/<output_dir> (default: "
+                   f"${DEFAULT_OUT_ENV} or ./outputs)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the run table and the estimated compute; create nothing")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="at most N runs at once (SLURM array parallelism / Ray concurrent "
+                   "trials)")
+    p.add_argument("--address", default=None,
+                   help="ray: address of an existing Ray cluster (default: start a private "
+                   "loopback-only one)")
+    p.add_argument("--max-retries", type=int, default=2, metavar="K",
+                   help="ray: retries of a failed trial; each resumes from the run's checkpoint")
+    p.set_defaults(func=run)
+
+
+def output_root(out: Path | None) -> Path:
+    if out is not None:
+        return out
+    return Path(os.environ.get(DEFAULT_OUT_ENV) or "outputs")
+
+
+def check_data_roots(sweep: Sweep) -> None:
+    """Every data.root must exist locally before anything is submitted."""
+    seen: set[str] = set()
+    for point in sweep.points:
+        root = point.config.data.root
+        if root is None or root in seen:
+            continue
+        seen.add(root)
+        try:
+            path = expand_root(root)
+        except ConfigError as exc:
+            raise ConfigError(f"point {point.index} ({point.label}): {exc}",
+                              source=str(sweep.file), key="data.root") from exc
+        if path is not None and not path.is_dir():
+            raise ConfigError(f"point {point.index} ({point.label}): data.root: {root!r} -> "
+                              f"{path} does not exist; allowed: an existing directory",
+                              source=str(sweep.file), key="data.root")
+
+
+def _fmt_resources(point: Point) -> str:
+    r = point.resources
+    dev = f"{r.gpus_per_node}gpu" if r.gpus_per_node else "cpu"
+    return f"{r.nodes}x{r.tasks}{'' if r.gpus_per_node else 'task'} {dev} {r.time_min}min"
+
+
+def print_table(sweep: Sweep, sweep_dir: Path, out: TextIO) -> None:
+    from dino_ablate.launch.cost import estimate
+    from dino_ablate.runs import run_dir_of, run_state
+
+    exists = sweep_dir.is_dir()
+    rows = [("run id", "varied", "resources", "state", "estimate")]
+    totals: dict[str, float] = {}
+    for point in sweep.points:
+        rd = run_dir_of(sweep_dir, point.run_id)
+        state = run_state(rd).state if exists and rd.is_dir() else "pending"
+        cost = estimate(point.config, point.resources)
+        totals[cost.device] = totals.get(cost.device, 0.0) + cost.device_hours
+        rows.append((point.run_id, point.label, _fmt_resources(point), state,
+                     f"{cost.device_hours:.3g} {cost.device}-h"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    total = ", ".join(f"{h:.3g} {d}-hours" for d, h in sorted(totals.items()))
+    out.write(f"\n{len(sweep.points)} run(s), profile {sweep.profile!r}, sweep dir {sweep_dir}\n"
+              f"estimated compute: {total} (training only; see dino_ablate/launch/cost.py for "
+              "the figures' sources)\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    sweep = load_sweep(args.file, args.profile)  # ConfigError -> exit 2, nothing created
+    from dino_ablate.runs import resolve_sweep_dir
+
+    sweep_dir = resolve_sweep_dir(sweep, output_root(args.out))
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise ConfigError(f"--max-parallel: {args.max_parallel} must be >= 1")
+    if args.dry_run:
+        print_table(sweep, sweep_dir, sys.stdout)
+        return 0
+    check_data_roots(sweep)
+    backend = make_backend(args)
+    backend.check(sweep)
+
+    from dino_ablate.launch.base import submit_sweep
+
+    result = submit_sweep(sweep, sweep_dir, backend, max_parallel=args.max_parallel)
+    for run_id, reason in result.skipped.items():
+        print(f"skip    {run_id}: {reason}")
+    for run_id in result.launched:
+        job = result.outcome.job_ids.get(run_id)
+        print(f"launch  {run_id}" + (f" (job {job})" if job and backend.name == "slurm" else ""))
+    for run_id, reason in result.outcome.failed.items():
+        print(f"failed  {run_id}: {reason}")
+    print(f"submission {result.submission_id}: {len(result.launched)} launched, "
+          f"{len(result.skipped)} skipped; follow with: dino-ablate status {sweep_dir}")
+    return 1 if result.outcome.failed else 0
+
+
+def make_backend(args: argparse.Namespace) -> Backend:
+    if args.backend == "slurm":
+        from dino_ablate.launch.slurm import SlurmBackend
+
+        return SlurmBackend()
+    from dino_ablate.launch.ray_backend import RayBackend
+
+    return RayBackend(address=args.address, max_failures=args.max_retries)

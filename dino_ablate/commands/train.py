@@ -1,0 +1,36 @@
+"""`dino-ablate train CONFIG [--set key=value ...] --out DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from dino_ablate.config import load_config
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "train", help="train one run (resumes automatically when DIR holds a checkpoint)",
+        description="Train DINO with CONFIG, a YAML path or a shipped config name (`digits` is "
+        "the embedded-default recipe). Run the same command again to resume.")
+    p.add_argument("config", help="YAML path or shipped config name (e.g. digits)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set teacher.update=student_copy "
+                   "(repeatable; the value is parsed as YAML)")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dino_ablate import dist
+    from dino_ablate.train import check_world_size, run_guarded
+
+    cfg = load_config(args.config, args.overrides)
+    check_world_size(cfg, dist.detect().world_size)  # before any run directory exists
+    if dist.detect().rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    state = run_guarded(cfg, args.out)
+    if dist.detect().rank == 0:
+        print(f"{state}: {args.out}")
+    return 0 if state == "done" else 1

@@ -1,0 +1,308 @@
+"""Run directories of a sweep: preparing them, locking them, and telling their state.
+
+A sweep directory holds::
+
+    sweep.json          name, file, profile, baseline, runs (in sweep order)
+    submissions.jsonl   one record per submission: backend, time, host/pid, submitted/skipped
+    runs/<run_id>/      the run directory (docs/run_directory.md) plus, from the launcher,
+                        run.json, launch.json (backend and job id of the last launch) and .lock
+
+The per-run lock (`.lock`, fcntl.flock) is held by whoever is acting on the run right now: a
+submitter while it decides and submits, a SLURM job while it trains, the Ray driver while its
+trial runs. The holder writes who it is into the lock file. flock locks die with their process,
+so a killed holder never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dino_ablate import config as cfgmod
+from dino_ablate.errors import ConfigError
+from dino_ablate.rundir import read_json, write_atomic, write_json
+from dino_ablate.sweep import RUN_ID_RE, Point, Sweep
+
+#: every state `status` can show; the first four come from the launcher's view, the last three
+#: are final states written by the trainer (status.json).
+STATES = ("pending", "queued", "running", "done", "diverged", "failed")
+FINAL = ("done", "diverged")
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def run_dir_of(sweep_dir: Path, run_id: str) -> Path:
+    """`sweep_dir/runs/<run_id>`, refusing ids that could leave the sweep directory."""
+    if not RUN_ID_RE.match(run_id) or run_id in (".", ".."):
+        raise ConfigError(f"run id {run_id!r} is not allowed; expected [A-Za-z0-9_.+-]",
+                          key="run_id")
+    path = sweep_dir / "runs" / run_id
+    if path.resolve().parent != (sweep_dir / "runs").resolve():
+        raise ConfigError(f"run id {run_id!r} escapes {sweep_dir}/runs", key="run_id")
+    return path
+
+
+def resolve_sweep_dir(sweep: Sweep, out_root: Path) -> Path:
+    """`out_root/<output_dir>`; the sweep's output_dir was checked to be relative."""
+    root = out_root.resolve()
+    path = (root / sweep.output_dir).resolve()
+    if path != root and root not in path.parents:
+        raise ConfigError(f"output_dir: {sweep.output_dir!r} escapes the output root {root}",
+                          source=str(sweep.file), key="output_dir")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# the lock
+
+
+class RunLock:
+    """An exclusive flock on `<run_dir>/.lock` with the holder recorded in the file."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self, purpose: str, timeout_s: float = 0.0, poll_s: float = 0.2) -> bool:
+        """Take the lock, waiting up to `timeout_s`; False if someone else holds it."""
+        assert self._fd is None, "lock already held by this object"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(poll_s)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose,
+                  "since": now_iso()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the lock now, or None when it is free."""
+        if not self.path.exists():
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                text = self.path.read_text()
+                try:
+                    info = json.loads(text) if text.strip() else {}
+                except json.JSONDecodeError:
+                    info = {}
+                return info if isinstance(info, dict) else {}
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def hold(self, purpose: str, timeout_s: float) -> Iterator[bool]:
+        got = self.acquire(purpose, timeout_s)
+        try:
+            yield got
+        finally:
+            if got:
+                self.release()
+
+
+# --------------------------------------------------------------------------------------------
+# run directories
+
+
+def prepare_run_dir(run_dir: Path, sweep: Sweep, point: Point) -> None:
+    """Write config.yaml (once) and run.json. Refuses a directory holding another config."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = cfgmod.to_dict(point.config)
+    cfg_file = run_dir / "config.yaml"
+    if cfg_file.exists():
+        try:
+            existing = yaml.safe_load(cfg_file.read_text())
+        except yaml.YAMLError:
+            existing = None
+        if existing != cfg:
+            from dino_ablate.sweep import semantic_hash
+            if not isinstance(existing, dict) or semantic_hash(existing) != semantic_hash(cfg):
+                raise ConfigError(f"{cfg_file} holds a different config than point "
+                                  f"{point.index}; refusing to mix runs", key="config.yaml")
+            # only non-semantic keys changed (threads, workers, data root): use the new ones
+            write_atomic(cfg_file, yaml.safe_dump(cfg, sort_keys=False))
+    else:
+        write_atomic(cfg_file, yaml.safe_dump(cfg, sort_keys=False))
+    write_json(run_dir / "run.json", {
+        "run_id": point.run_id, "sweep": sweep.name, "profile": sweep.profile,
+        "varied": point.varied, "seed": point.config.seed, "reference": point.reference,
+        "reference_source": point.reference_source,
+    })
+
+
+def write_launch(run_dir: Path, backend: str, job_id: str | None, submission: str) -> None:
+    write_json(run_dir / "launch.json", {"backend": backend, "job_id": job_id,
+                                         "submission": submission, "time": now_iso()})
+
+
+def read_launch(run_dir: Path) -> dict[str, Any] | None:
+    return read_json(run_dir / "launch.json")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl records; a truncated last line (a run killed mid-write) is skipped."""
+    try:
+        text = (run_dir / "metrics.jsonl").read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What `status` shows for one run."""
+
+    run_id: str
+    state: str
+    epoch: int | None
+    epochs: int | None
+    reason: str | None
+    job_id: str | None
+    job_state: str | None
+    latest: dict[str, Any]
+
+
+#: SLURM job states meaning "not started yet" and "executing".
+SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                "RESV_DEL_HOLD", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+SLURM_RUNNING = {"RUNNING", "COMPLETING"}
+
+
+def job_active(job_state: str | None) -> bool:
+    return job_state is not None and (job_state in SLURM_QUEUED or job_state in SLURM_RUNNING)
+
+
+def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> RunState:
+    """Combine status.json, the lock, and the scheduler's view of the recorded job.
+
+    `job_states` maps SLURM job ids (`123_4`) to their state; None when not asked.
+    """
+    status = read_json(run_dir / "status.json") or {}
+    launch = read_launch(run_dir) or {}
+    metrics = read_metrics(run_dir)
+    latest = metrics[-1] if metrics else {}
+    job_id = launch.get("job_id")
+    job_state = (job_states or {}).get(str(job_id)) if job_id else None
+    trained = status.get("state")
+    reason = status.get("reason")
+    lock_holder = RunLock(run_dir).holder()
+    if trained in FINAL:
+        state = trained
+    elif job_active(job_state):
+        state = "running" if job_state in SLURM_RUNNING else "queued"
+    elif lock_holder is not None:
+        state = "running" if trained == "running" else "queued"
+    elif trained == "failed":
+        state = "failed"
+    elif trained == "running":
+        # the trainer said running but nobody is executing it any more
+        state = "failed"
+        ended = f"job {job_id} ended ({job_state})" if job_id and job_state else \
+            "no live process or job holds it"
+        reason = f"interrupted at epoch {status.get('epoch')}: {ended}; resubmit to resume"
+    elif job_id and job_state and not job_active(job_state):
+        state = "failed"
+        reason = f"job {job_id} ended ({job_state}) before training started"
+    else:
+        state = "pending"
+    epoch = status.get("epoch")
+    if epoch is None and latest:
+        epoch = latest.get("epoch")
+    return RunState(run_id=run_dir.name, state=state, epoch=epoch, epochs=status.get("epochs"),
+                    reason=reason, job_id=str(job_id) if job_id else None, job_state=job_state,
+                    latest=latest)
+
+
+# --------------------------------------------------------------------------------------------
+# sweep directory records
+
+
+def write_sweep_json(sweep_dir: Path, sweep: Sweep) -> None:
+    """sweep.json: what the sweep holds now (rewritten by each submission)."""
+    previous = read_json(sweep_dir / "sweep.json") or {}
+    current = [p.run_id for p in sweep.points]
+    earlier = [r for r in previous.get("all_runs", []) if r not in current]
+    write_json(sweep_dir / "sweep.json", {
+        "name": sweep.name, "file": str(sweep.file.resolve()), "profile": sweep.profile,
+        "description": sweep.description, "baseline": list(sweep.baseline),
+        "varied_keys": list(sweep.varied_keys),
+        "runs": [{"run_id": p.run_id, "varied": p.varied, "resources": p.resources.as_dict(),
+                  "reference": p.reference} for p in sweep.points],
+        "all_runs": earlier + current,
+        "updated": now_iso(),
+    })
+
+
+def append_submission(sweep_dir: Path, record: Mapping[str, Any]) -> None:
+    """One line per submission in submissions.jsonl (O_APPEND: concurrent writers are safe)."""
+    line = json.dumps(dict(record), sort_keys=True) + "\n"
+    fd = os.open(sweep_dir / "submissions.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def read_submissions(sweep_dir: Path) -> list[dict[str, Any]]:
+    try:
+        lines = (sweep_dir / "submissions.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out

@@ -1,0 +1,622 @@
+"""Sweep files: a declarative ablation expanded into validated, identified run points.
+
+A sweep YAML names a base run config, the axes that vary (`grid`, `zip`, `seeds`), named
+`profiles` that override the base (e.g. `paper` on ImageNet GPUs, `local` on digits CPUs) with
+their job `resources`, optional per-point resource overrides and a `reference` block with the
+paper's numbers. :func:`load_sweep` expands one profile into :class:`Point` s, each holding a
+fully resolved :class:`~dino_ablate.config.RunConfig` and a run id. Every point is validated
+before anything is created or submitted; the first bad point raises a :class:`ConfigError`
+naming the sweep file, the point, the key path, the value and what is allowed.
+
+The full format is documented in ``docs/sweeps.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from dino_ablate import config as cfgmod
+from dino_ablate.config import RunConfig
+from dino_ablate.errors import ConfigError
+
+#: sweep names, profile names: used in run ids, job names and paths, so no shell metacharacters.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: SLURM partition / account / qos names.
+SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: SLURM feature constraints also use the operators & | [ ] * ( ) ! , : (sbatch --constraint).
+SLURM_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.,&|\[\]*()!:-]{1,256}$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+
+TOP_KEYS = ("name", "description", "base", "output_dir", "default_profile", "profiles", "grid",
+            "zip", "seeds", "baseline", "point_resources", "reference")
+PROFILE_KEYS = ("config", "resources")
+
+#: Keys left out of the run-id hash: they change where or how fast a run executes, not what it
+#: computes (the data root differs between clusters holding the same ImageNet).
+NON_SEMANTIC_KEYS = ("data.root", "data.num_workers", "runtime.threads",
+                     "runtime.log_every_steps")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one run needs from the scheduler. Nothing here is hard-coded elsewhere."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    time_min: int = 60
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    signal_delay_s: int = 120
+    max_requeues: int = 100
+
+    @property
+    def tasks(self) -> int:
+        """Tasks (ranks) per node: one per GPU, else `tasks_per_node` (CPU DDP), else 1."""
+        if self.tasks_per_node is not None:
+            return self.tasks_per_node
+        return self.gpus_per_node if self.gpus_per_node > 0 else 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_RESOURCE_RULES: dict[str, tuple[tuple[type, ...], bool, str]] = {
+    # key: (types, nullable, what is allowed)
+    "nodes": ((int,), False, "an integer >= 1"),
+    "gpus_per_node": ((int,), False, "an integer >= 0"),
+    "tasks_per_node": ((int,), True, "an integer >= 1 or null (= gpus_per_node, or 1 on CPU)"),
+    "cpus_per_task": ((int,), False, "an integer >= 1"),
+    "mem_gb": ((int, float), True, "a number > 0 (GB per node) or null"),
+    "time_min": ((int,), False, "an integer >= 1 (minutes)"),
+    "partition": ((str,), True, "a SLURM name [A-Za-z0-9_.-] or null"),
+    "account": ((str,), True, "a SLURM name [A-Za-z0-9_.-] or null"),
+    "qos": ((str,), True, "a SLURM name [A-Za-z0-9_.-] or null"),
+    "constraint": ((str,), True, "a SLURM constraint [A-Za-z0-9_.,&|[]*()!:-] or null"),
+    "signal_delay_s": ((int,), False, "an integer >= 0 (seconds before the time limit)"),
+    "max_requeues": ((int,), False, "an integer >= 0"),
+}
+_RESOURCE_MIN = {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task": 1,
+                 "time_min": 1, "signal_delay_s": 0, "max_requeues": 0}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: a resolved config, its identity and what it needs."""
+
+    index: int
+    run_id: str
+    varied: dict[str, Any]
+    config: RunConfig
+    resources: Resources
+    reference: dict[str, float]
+    reference_source: str | None
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={_show(v)}" for k, v in self.varied.items()) or "(single point)"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """An expanded sweep file for one profile."""
+
+    name: str
+    file: Path
+    profile: str
+    profiles: tuple[str, ...]
+    description: str
+    output_dir: str
+    varied_keys: tuple[str, ...]
+    points: tuple[Point, ...]
+    baseline: tuple[str, ...]
+
+    def point(self, run_id: str) -> Point:
+        for p in self.points:
+            if p.run_id == run_id:
+                return p
+        raise KeyError(run_id)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _fail(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{key}: {message}", source=source, key=key)
+
+
+def _unknown_key(source: str, where: str, key: Any, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(str(key), list(valid), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    path = f"{where}.{key}" if where else str(key)
+    return ConfigError(f"{path}: unknown key{hint} Valid keys here: {', '.join(valid)}",
+                       source=source, key=path)
+
+
+def _leaf_keys() -> list[str]:
+    return [row[0] for row in cfgmod.field_docs()]
+
+
+_LEAVES: list[str] | None = None
+
+
+def leaf_keys() -> list[str]:
+    """Every dotted key of a RunConfig leaf (`loss.teacher_temp`, `seed`, ...)."""
+    global _LEAVES
+    if _LEAVES is None:
+        _LEAVES = _leaf_keys()
+    return _LEAVES
+
+
+def _copy_tree(node: Any) -> Any:
+    """Copy nested dicts/lists (faster than deepcopy for plain YAML data)."""
+    if isinstance(node, dict):
+        return {k: _copy_tree(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_copy_tree(v) for v in node]
+    return node
+
+
+def _merge(into: dict[str, Any], over: Mapping[str, Any]) -> None:
+    """Deep-merge `over` into `into` (mappings merge, everything else replaces)."""
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = _copy_tree(value)
+
+
+def _check_axis_key(source: str, where: str, key: Any) -> str:
+    leaves = leaf_keys()
+    if not isinstance(key, str) or key not in leaves:
+        close = difflib.get_close_matches(str(key), leaves, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{where}.{key}: unknown config key{hint} An axis key is the dotted "
+                          "path of a run-config leaf field, e.g. loss.teacher_temp",
+                          source=source, key=f"{where}.{key}")
+    return key
+
+
+def _check_axis_values(source: str, path: str, values: Any, unique: bool = True) -> list[Any]:
+    if not isinstance(values, list):
+        raise _fail(source, path, f"{values!r} must be a list of values")
+    if not values:
+        raise _fail(source, path, "empty list; an axis needs at least one value")
+    for i, v in enumerate(values):
+        if isinstance(v, dict):
+            raise _fail(source, f"{path}[{i}]", f"{v!r}: an axis value must be a scalar or a "
+                        "list, not a mapping (vary the leaf keys instead)")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _fail(source, f"{path}[{i}]", f"{v!r} must be finite")
+    seen: set[str] = set()
+    for i, v in enumerate(values if unique else []):
+        token = json.dumps(v, sort_keys=True)
+        if token in seen:
+            raise _fail(source, f"{path}[{i}]", f"{v!r} appears twice; every point must be "
+                        "distinct")
+        seen.add(token)
+    return values
+
+
+def parse_resources(raw: Any, source: str, where: str,
+                    start: Resources | None = None) -> Resources:
+    """Validate a `resources` mapping, applied over `start` (defaults when None)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise _fail(source, where, f"{raw!r} must be a mapping of resource keys")
+    valid = list(_RESOURCE_RULES)
+    values = dataclasses.asdict(start or Resources())
+    for key, value in raw.items():
+        if key not in _RESOURCE_RULES:
+            raise _unknown_key(source, where, key, valid)
+        path = f"{where}.{key}"
+        types_, nullable, allowed = _RESOURCE_RULES[key]
+        if value is None:
+            if not nullable:
+                raise _fail(source, path, f"null is not allowed; expected {allowed}")
+            values[key] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, types_):
+            raise _fail(source, path, f"{value!r} is not allowed; expected {allowed}")
+        if key in _RESOURCE_MIN and value < _RESOURCE_MIN[key]:
+            raise _fail(source, path, f"{value!r} is out of range; expected {allowed}")
+        if key == "mem_gb" and not (value > 0 and math.isfinite(value)):
+            raise _fail(source, path, f"{value!r} is out of range; expected {allowed}")
+        if key in ("partition", "account", "qos") and not SLURM_NAME_RE.match(value):
+            raise _fail(source, path, f"{value!r} is not allowed; expected {allowed} (shell "
+                        "metacharacters and spaces are refused)")
+        if key == "constraint" and not SLURM_CONSTRAINT_RE.match(value):
+            raise _fail(source, path, f"{value!r} is not allowed; expected {allowed}")
+        values[key] = value
+    res = Resources(**values)
+    if res.gpus_per_node > 0 and res.tasks_per_node not in (None, res.gpus_per_node):
+        raise _fail(source, f"{where}.tasks_per_node", f"{res.tasks_per_node} differs from "
+                    f"gpus_per_node {res.gpus_per_node}; allowed: one task per GPU")
+    return res
+
+
+def _match_mapping(source: str, where: str, raw: Any, axis_values: Mapping[str, list[Any]]
+                   ) -> dict[str, Any]:
+    """A `match:` selector: axis keys to one of their values."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise _fail(source, where, f"{raw!r} must be a mapping of axis keys to values")
+    for key, value in raw.items():
+        if key not in axis_values:
+            close = difflib.get_close_matches(str(key), list(axis_values), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}.{key}: not an axis of this sweep{hint} Axes: "
+                              f"{', '.join(axis_values) or '(none)'}", source=source,
+                              key=f"{where}.{key}")
+        if value not in axis_values[key]:
+            raise _fail(source, f"{where}.{key}", f"{value!r} is not a value of this axis; "
+                        f"allowed: {axis_values[key]}")
+    return dict(raw)
+
+
+def _matches(selector: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    return all(values.get(k) == v for k, v in selector.items())
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = format(value, "g")
+    elif isinstance(value, (list, tuple)):
+        text = "x".join(_fmt_value(v) for v in value)
+    elif value is None:
+        text = "null"
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9_.+-]", "", text)[:24] or "v"
+
+
+def _short_labels(keys: Sequence[str]) -> dict[str, str]:
+    """`loss.teacher_temp` -> `teacher_temp`, unless two keys share that last part."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k.replace(".", "-")) for k, s in zip(keys, last)}
+
+
+def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
+    """8 hex digits of sha256 over the config without the non-semantic keys."""
+    trimmed = _copy_tree(dict(cfg_dict))
+    for key in NON_SEMANTIC_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = cfgmod.get_dotted(trimmed, parent) if parent else trimmed
+        node.pop(leaf, None)
+    text = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def make_run_id(name: str, varied: Mapping[str, Any], labels: Mapping[str, str],
+                digest: str) -> str:
+    readable = "_".join(f"{labels[k]}-{_fmt_value(v)}" for k, v in varied.items()) or name
+    run_id = f"{readable[:96]}_{digest}"
+    assert RUN_ID_RE.match(run_id), run_id
+    return run_id
+
+
+def check_relative_dir(text: Any, source: str, key: str) -> str:
+    """A relative path that stays inside its root (no absolute path, no `..`)."""
+    if not isinstance(text, str) or not text:
+        raise _fail(source, key, f"{text!r} must be a non-empty relative path")
+    path = PurePosixPath(text)
+    if path.is_absolute() or ".." in path.parts or "\\" in text:
+        raise _fail(source, key, f"{text!r} escapes the output root; allowed: a relative "
+                    "path without '..'")
+    for part in path.parts:
+        if not NAME_RE.match(part):
+            raise _fail(source, key, f"{text!r}: part {part!r} is not allowed; each part must "
+                        "match [A-Za-z0-9][A-Za-z0-9_.-]*")
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def read_sweep_file(path: Path) -> dict[str, Any]:
+    """Safe-load the sweep YAML (no object construction)."""
+    return cfgmod.read_yaml(path)
+
+
+def _base_config(raw: dict[str, Any], file: Path, source: str) -> dict[str, Any]:
+    if "base" not in raw:
+        raise _fail(source, "base", "missing; give a config path (relative to the sweep file) "
+                    "or an inline mapping")
+    base = raw["base"]
+    if isinstance(base, Mapping):
+        return _copy_tree(dict(base))
+    if isinstance(base, str) and base:
+        path = Path(base)
+        if not path.is_absolute():
+            path = file.parent / path
+        if not path.is_file():
+            # a shipped config name (`digits`) is also accepted
+            try:
+                path = cfgmod.resolve_config_path(base) if not Path(base).suffix else path
+            except ConfigError:
+                pass
+        if not path.is_file():
+            raise _fail(source, "base", f"{base!r}: no such config file (looked for {path})")
+        return cfgmod.read_yaml(path)
+    raise _fail(source, "base", f"{base!r} must be a config path or a mapping")
+
+
+def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
+    """Read, expand and validate a sweep file for one profile. Raises ConfigError."""
+    file = Path(file)
+    source = str(file)
+    raw = read_sweep_file(file)
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _unknown_key(source, "", key, TOP_KEYS)
+
+    name = raw.get("name", file.stem)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise _fail(source, "name", f"{name!r} is not allowed; a name must match "
+                    "[A-Za-z0-9][A-Za-z0-9_.-]{0,63} (no spaces or shell metacharacters)")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise _fail(source, "description", f"{description!r} must be a string")
+
+    base = _base_config(raw, file, source)
+
+    profiles_raw = raw.get("profiles") or {}
+    if not isinstance(profiles_raw, Mapping) or not profiles_raw:
+        raise _fail(source, "profiles", "must be a non-empty mapping of profile names (e.g. "
+                    "paper, local) to {config, resources}")
+    for pname, pbody in profiles_raw.items():
+        if not isinstance(pname, str) or not NAME_RE.match(pname):
+            raise _fail(source, f"profiles.{pname}", "a profile name must match "
+                        "[A-Za-z0-9][A-Za-z0-9_.-]*")
+        if not isinstance(pbody, Mapping):
+            raise _fail(source, f"profiles.{pname}", f"{pbody!r} must be a mapping with "
+                        "`config` and `resources`")
+        for key in pbody:
+            if key not in PROFILE_KEYS:
+                raise _unknown_key(source, f"profiles.{pname}", key, PROFILE_KEYS)
+        if pbody.get("config") is not None and not isinstance(pbody["config"], Mapping):
+            raise _fail(source, f"profiles.{pname}.config", "must be a mapping of config keys")
+    default_profile = raw.get("default_profile")
+    if default_profile is not None and default_profile not in profiles_raw:
+        raise _fail(source, "default_profile", f"{default_profile!r} is not a profile; "
+                    f"allowed: {', '.join(profiles_raw)}")
+    profile = profile or default_profile or next(iter(profiles_raw))
+    if profile not in profiles_raw:
+        close = difflib.get_close_matches(str(profile), list(profiles_raw), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"--profile {profile!r}: no such profile{hint} Profiles: "
+                          f"{', '.join(profiles_raw)}", source=source, key="profiles")
+    pbody = profiles_raw[profile]
+    merged = base
+    _merge(merged, pbody.get("config") or {})
+    resources = parse_resources(pbody.get("resources"), source, f"profiles.{profile}.resources")
+
+    output_dir = check_relative_dir(raw.get("output_dir", f"{name}/{profile}"), source,
+                                    "output_dir")
+
+    # ---- axes
+    axes: list[list[dict[str, Any]]] = []   # each axis: the list of its assignments
+    axis_values: dict[str, list[Any]] = {}
+
+    def claim(key: str, where: str) -> None:
+        if key in axis_values:
+            raise _fail(source, where, f"key {key!r} is already varied by another axis; a key "
+                        "may appear in one axis only")
+
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, Mapping):
+        raise _fail(source, "grid", f"{grid!r} must be a mapping of config keys to lists")
+    if "grid" in raw and raw["grid"] is not None and not grid:
+        raise _fail(source, "grid", "empty mapping; remove it or give at least one axis")
+    for key, values in grid.items():
+        key = _check_axis_key(source, "grid", key)
+        claim(key, f"grid.{key}")
+        vals = _check_axis_values(source, f"grid.{key}", values)
+        axis_values[key] = vals
+        axes.append([{key: v} for v in vals])
+
+    zip_raw = raw.get("zip")
+    groups: list[Any] = []
+    if zip_raw is not None:
+        groups = [zip_raw] if isinstance(zip_raw, Mapping) else zip_raw
+        if not isinstance(groups, list) or not groups:
+            raise _fail(source, "zip", f"{zip_raw!r} must be a mapping of keys to equal-length "
+                        "lists, or a list of such mappings")
+    for gi, group in enumerate(groups):
+        where = f"zip[{gi}]" if isinstance(zip_raw, list) else "zip"
+        if not isinstance(group, Mapping) or not group:
+            raise _fail(source, where, f"{group!r} must be a non-empty mapping of keys to lists")
+        lengths: dict[str, int] = {}
+        for key, values in group.items():
+            key = _check_axis_key(source, where, key)
+            claim(key, f"{where}.{key}")
+            vals = _check_axis_values(source, f"{where}.{key}", values, unique=False)
+            axis_values[key] = [v for i, v in enumerate(vals) if v not in vals[:i]]
+            lengths[key] = len(vals)
+        if len(set(lengths.values())) > 1:
+            raise _fail(source, where, "zipped axes must have the same length; got " + ", ".join(
+                f"{k}: {n}" for k, n in lengths.items()))
+        n = next(iter(lengths.values()))
+        rows = [json.dumps([group[k][i] for k in group], sort_keys=True) for i in range(n)]
+        for i, row in enumerate(rows):
+            if row in rows[:i]:
+                raise _fail(source, where, f"entry {i} repeats entry {rows.index(row)} "
+                            f"({row}); every point must be distinct")
+        axes.append([{k: group[k][i] for k in group} for i in range(n)])
+
+    seeds = raw.get("seeds")
+    if seeds is not None:
+        if "seed" in axis_values:
+            raise _fail(source, "seeds", "`seed` is already varied by another axis")
+        seeds = _check_axis_values(source, "seeds", seeds)
+        for i, s in enumerate(seeds):
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise _fail(source, f"seeds[{i}]", f"{s!r} must be an integer >= 0")
+        axis_values["seed"] = seeds
+        axes.append([{"seed": s} for s in seeds])
+
+    varied_keys = tuple(k for k, v in axis_values.items() if len(v) > 1)
+    labels = _short_labels(varied_keys)
+
+    # ---- per-point resource overrides and the reference block
+    overrides = _parse_point_resources(raw.get("point_resources"), source, axis_values,
+                                       tuple(profiles_raw))
+    references = _parse_reference(raw.get("reference"), source, axis_values)
+    baseline_sel = _match_mapping(source, "baseline", raw.get("baseline"), axis_values)
+
+    # ---- expansion
+    points: list[Point] = []
+    baseline: list[str] = []
+    seen: dict[str, int] = {}
+    for index, combo in enumerate(itertools.product(*axes)):
+        assignment: dict[str, Any] = {}
+        for part in combo:
+            assignment.update(part)
+        tree = _copy_tree(merged)
+        for key, value in assignment.items():
+            cfgmod.set_dotted(tree, key, value)
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in assignment.items())
+        where = f"point {index} ({shown})" if shown else f"point {index}"
+        try:
+            run_cfg = cfgmod.from_dict(tree)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}", source=source, key=exc.key) from exc
+        res = resources
+        for sel, profs, body in overrides:
+            if (profs is None or profile in profs) and _matches(sel, assignment):
+                res = parse_resources(body, source, "point_resources", start=res)
+        world = res.world_size
+        if run_cfg.optim.batch_size % world:
+            raise ConfigError(
+                f"{where}: optim.batch_size: {run_cfg.optim.batch_size} is not divisible by the "
+                f"world size {world} (nodes {res.nodes} x tasks {res.tasks}); allowed: a "
+                "multiple of the world size", source=source, key="optim.batch_size")
+        cfg_dict = cfgmod.to_dict(run_cfg)
+        digest = semantic_hash(cfg_dict)
+        varied = {k: assignment[k] for k in varied_keys}
+        run_id = make_run_id(name, varied, labels, digest)
+        if run_id in seen:
+            raise ConfigError(f"{where}: the same run config as point {seen[run_id]} (run id "
+                              f"{run_id}); every point must be distinct", source=source)
+        seen[run_id] = index
+        ref: dict[str, float] = {}
+        ref_source: str | None = None
+        for sel, metrics, src in references:
+            if _matches(sel, assignment):
+                ref.update(metrics)
+                ref_source = src or ref_source
+        if baseline_sel and _matches(baseline_sel, assignment):
+            baseline.append(run_id)
+        points.append(Point(index=index, run_id=run_id, varied=varied, config=run_cfg,
+                            resources=res, reference=ref, reference_source=ref_source))
+
+    return Sweep(name=name, file=file, profile=profile, profiles=tuple(profiles_raw),
+                 description=description, output_dir=output_dir, varied_keys=varied_keys,
+                 points=tuple(points), baseline=tuple(baseline))
+
+
+def _parse_point_resources(raw: Any, source: str, axis_values: Mapping[str, list[Any]],
+                           profiles: tuple[str, ...]
+                           ) -> list[tuple[dict[str, Any], tuple[str, ...] | None, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _fail(source, "point_resources", "must be a list of {match, profiles, resources}")
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"point_resources[{i}]"
+        if not isinstance(entry, Mapping):
+            raise _fail(source, where, f"{entry!r} must be a mapping")
+        for key in entry:
+            if key not in ("match", "profiles", "resources"):
+                raise _unknown_key(source, where, key, ("match", "profiles", "resources"))
+        sel = _match_mapping(source, f"{where}.match", entry.get("match"), axis_values)
+        profs = entry.get("profiles")
+        if profs is not None:
+            if not isinstance(profs, list) or any(p not in profiles for p in profs):
+                raise _fail(source, f"{where}.profiles", f"{profs!r} must list profiles of "
+                            f"this sweep: {', '.join(profiles)}")
+            profs = tuple(profs)
+        parse_resources(entry.get("resources"), source, f"{where}.resources")
+        out.append((sel, profs, entry.get("resources")))
+    return out
+
+
+def _parse_reference(raw: Any, source: str, axis_values: Mapping[str, list[Any]]
+                     ) -> list[tuple[dict[str, Any], dict[str, float], str | None]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _fail(source, "reference", "must be a list of {match, source, <metric>: number}")
+    out = []
+    for i, entry in enumerate(raw):
+        where = f"reference[{i}]"
+        if not isinstance(entry, Mapping):
+            raise _fail(source, where, f"{entry!r} must be a mapping")
+        sel = _match_mapping(source, f"{where}.match", entry.get("match"), axis_values)
+        src = entry.get("source")
+        if src is not None and not isinstance(src, str):
+            raise _fail(source, f"{where}.source", f"{src!r} must be a string")
+        metrics: dict[str, float] = {}
+        for key, value in entry.items():
+            if key in ("match", "source"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _fail(source, f"{where}.{key}", f"{value!r} must be a number (the paper's "
+                            "value of this metric)")
+            metrics[str(key)] = float(value)
+        if not metrics:
+            raise _fail(source, where, "gives no metric; add e.g. `knn_top1: 72.8`")
+        out.append((sel, metrics, src))
+    return out
+
+
+def expansion_record(sweep: Sweep) -> dict[str, Any]:
+    """A stable, JSON-able description of the expansion (the golden files)."""
+    return {
+        "name": sweep.name,
+        "profile": sweep.profile,
+        "output_dir": sweep.output_dir,
+        "varied_keys": list(sweep.varied_keys),
+        "baseline": list(sweep.baseline),
+        "points": [
+            {
+                "run_id": p.run_id,
+                "varied": p.varied,
+                "resources": p.resources.as_dict(),
+                "world_size": p.resources.world_size,
+                "reference": p.reference,
+                "reference_source": p.reference_source,
+                "config": cfgmod.to_dict(p.config),
+            }
+            for p in sweep.points
+        ],
+    }

@@ -1,0 +1,112 @@
+"""analysis.plots: every figure is written, as PNG and PDF, also for partial sweeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from analysis.load import load_sweep
+from analysis.plots import (
+    batch_size_figure,
+    collapse_figure,
+    patch_size_figure,
+    point_labels,
+    sweep_figures,
+    write_plots,
+)
+from tests.analysis import synth
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_written(paths: list[Path], stems: set[str]) -> None:
+    assert {path.stem for path in paths} == stems
+    for path in paths:
+        assert path.is_file() and path.stat().st_size > 1000, path
+        magic = PNG_MAGIC if path.suffix == ".png" else b"%PDF"
+        assert path.read_bytes().startswith(magic), path
+    assert {path.suffix for path in paths} == {".png", ".pdf"}
+
+
+def test_teacher_sweep_figures(teacher_sweep: Path, tmp_path: Path) -> None:
+    paths = write_plots(load_sweep(teacher_sweep), tmp_path / "plots")
+    _assert_written(paths, {"knn_overlay", "knn_runs", "collapse"})
+    assert len(paths) == 6
+
+
+def test_collapse_figure_marks_collapses_and_reference_lines(teacher_sweep: Path) -> None:
+    figure = collapse_figure(load_sweep(teacher_sweep))
+    entropy_ax, kl_ax = figure.axes[:2]
+    assert entropy_ax.get_ylabel() == "h(Pt) (nats)" and kl_ax.get_ylabel() == "KL (nats)"
+    assert entropy_ax.get_xlabel() == "epoch"
+    texts = [text.get_text() for text in entropy_ax.texts]
+    # The reference lines are labelled on a right-hand axis.
+    (right,) = entropy_ax.child_axes
+    assert right.get_yticks().tolist() == pytest.approx([0.0, np.log(256)])
+    right_labels = [label.get_text() for label in right.get_yticklabels()]
+    assert right_labels[0].startswith("0: one-hot")
+    assert right_labels[1].startswith("ln K = 5.55")
+    assert [line.get_ydata()[0] for line in entropy_ax.get_lines()
+            if line.get_linestyle() == "--"] == pytest.approx([np.log(256)])
+    assert "student_copy: uniform collapse\nfrom epoch 4" in texts
+    assert "previous_epoch: one-dim collapse\nfrom epoch 6" in texts
+    # One X marker per collapsed run (6 of them) in each panel.
+    markers = [line for line in entropy_ax.get_lines() if line.get_marker() == "X"]
+    assert len(markers) == 6
+    assert np.isclose(np.asarray(markers[0].get_ydata())[0], np.log(256), atol=1e-3)
+
+
+def test_point_labels_follow_the_varied_key(teacher_sweep: Path) -> None:
+    labels = point_labels(load_sweep(teacher_sweep))
+    assert labels.iloc[0] == "ema" and labels.iloc[-1] == "not_started"
+
+
+def test_patch_size_figure(tmp_path: Path) -> None:
+    runs = [{"run_id": f"p{size}-s{seed}", "varied": {"model.patch_size": size}, "seed": seed,
+             "reference": {"knn": ref},
+             "records": synth.make_records(4, knn_teacher_final=knn, images_per_s=speed)}
+            for size, speed, knn, ref in [(16, 1007.0, 0.70, 72.8), (8, 180.0, 0.74, 76.0)]
+            for seed in range(2)]
+    sweep = load_sweep(synth.write_sweep(tmp_path / "patch", runs))
+    figure = patch_size_figure(sweep)
+    assert isinstance(figure, Figure)
+    ax = figure.axes[0]
+    assert ax.get_xscale() == "log" and "images/s" in ax.get_xlabel()
+    assert "%" in ax.get_ylabel()
+    assert sorted(text.get_text() for text in ax.texts) == ["/16", "/8"]
+    assert batch_size_figure(sweep) is None
+    assert "patch_size" in sweep_figures(sweep)
+
+
+def test_batch_size_figure(tmp_path: Path) -> None:
+    runs = [{"run_id": f"bs{size}", "varied": {"optim.batch_size": size},
+             "reference": {"knn": ref}, "records": synth.make_records(3)}
+            for size, ref in [(128, 57.9), (256, 59.1), (512, 59.6)]]
+    sweep = load_sweep(synth.write_sweep(tmp_path / "bs", runs))
+    figure = batch_size_figure(sweep)
+    assert isinstance(figure, Figure)
+    ax = figure.axes[0]
+    assert "batch size" in ax.get_xlabel()
+    assert [tick for tick in ax.get_xticks()] == [128, 256, 512]
+    assert patch_size_figure(sweep) is None
+
+
+def test_only_pending_runs_still_give_figures(tmp_path: Path) -> None:
+    runs = [{"run_id": "a", "varied": {"model.patch_size": 16}, "state": "pending"}]
+    sweep = load_sweep(synth.write_sweep(tmp_path / "s", runs))
+    paths = write_plots(sweep, tmp_path / "out")
+    _assert_written(paths, {"knn_overlay", "knn_runs", "collapse", "patch_size"})
+    figure = collapse_figure(sweep)
+    assert any("no entropy" in text.get_text() for text in figure.axes[0].texts)
+
+
+def test_many_runs_are_paged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("analysis.plots.RUNS_PER_PAGE", 2)
+    runs = [{"run_id": f"r{index}", "varied": {"x": index}, "records": synth.make_records(2)}
+            for index in range(5)]
+    figures = sweep_figures(load_sweep(synth.write_sweep(tmp_path / "s", runs)))
+    assert [name for name in figures if name.startswith("knn_runs")] == [
+        "knn_runs_01", "knn_runs_02", "knn_runs_03"]

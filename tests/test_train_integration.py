@@ -1,0 +1,120 @@
+"""The real trainer end to end: run directory, DDP equivalence, kill-and-resume, divergence."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.tiny import run_train
+
+TIMING = {"images_per_s", "epoch_seconds", "eval_seconds", "peak_memory_mb"}
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _semantic(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run_train(out, "runtime.deterministic=true")
+    return out
+
+
+@pytest.mark.slow
+def test_run_directory_contract(straight: Path) -> None:
+    cfg = yaml.safe_load((straight / "config.yaml").read_text())
+    assert cfg["epochs"] == 3 and cfg["head"]["out_dim"] == 64
+    records = _metrics(straight)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    keys = {"epoch", "step", "loss", "lr", "weight_decay", "momentum", "teacher_temp",
+            "teacher_entropy", "teacher_batch_entropy", "kl_teacher_student", "knn_teacher",
+            "knn_student", "images_per_s", "epoch_seconds", "peak_memory_mb"}
+    assert keys <= set(records[0])
+    for r in records:
+        assert r["loss"] == pytest.approx(r["teacher_entropy"] + r["kl_teacher_student"],
+                                          rel=1e-4)
+        assert 0 <= r["knn_teacher"] <= 1
+    status = json.loads((straight / "status.json").read_text())
+    assert status["state"] == "done" and status["epoch"] == 3
+    summary = json.loads((straight / "summary.json").read_text())
+    init = json.loads((straight / "init.json").read_text())
+    assert summary["knn_teacher_init"] == init["knn_teacher_init"]
+    assert summary["final"]["epoch"] == 3
+    assert (straight / "checkpoints" / "last.pt").exists()
+    assert (straight / "checkpoints" / "previous.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["kill_step:17", "kill_eval:2", "kill_checkpoint:2"])
+def test_kill_and_resume_is_identical(straight: Path, tmp_path: Path, fault: str) -> None:
+    out = tmp_path / "run"
+    res = run_train(out, "runtime.deterministic=true", env={"DINO_ABLATE_FAULT": fault},
+                    check=False)
+    assert res.returncode == -9, res.stderr[-2000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "running"  # a SIGKILL leaves no chance to write anything else
+    run_train(out, "runtime.deterministic=true", env={"DINO_ABLATE_FAULT": fault})
+    assert _semantic(_metrics(out)) == _semantic(_metrics(straight))
+    a = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    for key in ("student", "teacher"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    assert torch.equal(a["center"], b["center"])
+
+
+@pytest.mark.slow
+def test_same_command_on_finished_run_does_nothing(straight: Path) -> None:
+    before = (straight / "metrics.jsonl").read_text()
+    res = run_train(straight, "runtime.deterministic=true")
+    assert "already done" in res.stderr
+    assert (straight / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_different_config_refuses_to_overwrite(straight: Path) -> None:
+    res = run_train(straight, "runtime.deterministic=true", "teacher.momentum=0.9", check=False)
+    assert res.returncode == 2
+    assert "different config" in res.stderr and "teacher.momentum" in res.stderr
+
+
+@pytest.mark.slow
+def test_nan_loss_marks_diverged_with_step(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    res = run_train(out, env={"DINO_ABLATE_FAULT": "nan_step:25"}, check=False)
+    assert res.returncode == 1
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "diverged" and status["step"] == 25
+    assert "non-finite loss at step 25" in status["reason"]
+    assert len(_metrics(out)) == 2  # epochs 1 and 2 finished (10 steps each at batch 128)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
+    extra = ("model.drop_path_rate=0.0", "epochs=2", "runtime.deterministic=true")
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train(one, *extra)
+    run_train(two, *extra, nproc=2, port=_free_port())
+    m1, m2 = _metrics(one), _metrics(two)
+    for a, b in zip(m1, m2, strict=True):
+        for key in ("loss", "teacher_entropy", "kl_teacher_student"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+    c1 = torch.load(one / "checkpoints" / "last.pt", weights_only=True)
+    c2 = torch.load(two / "checkpoints" / "last.pt", weights_only=True)
+    torch.testing.assert_close(c1["center"], c2["center"], rtol=1e-4, atol=1e-5)
+    for name, tensor in c1["teacher"].items():
+        torch.testing.assert_close(tensor, c2["teacher"][name], rtol=1e-3, atol=1e-4)
