@@ -8,11 +8,13 @@ imports the trainer. Pipeline order, one module per concept:
 - :mod:`analysis.rundir` reads one run directory;
 - :mod:`analysis.collapse` classifies a run's entropy/KL series (pure, no I/O);
 - :mod:`analysis.state` decides a run's state (done, collapsed, running, ...);
+- :mod:`analysis.parallel` reads many run directories in worker processes;
 - :mod:`analysis.cache` keeps parsed runs under ``SWEEP_DIR/.analysis_cache``;
 - :mod:`analysis.load` assembles the tidy per-epoch DataFrame;
 - :mod:`analysis.tables` builds the per-sweep ablation table, :mod:`analysis.table_format`
   renders it as Markdown, LaTeX or CSV;
-- :mod:`analysis.plots` draws the figures, :mod:`analysis.report` writes one HTML page;
+- :mod:`analysis.plots` draws the figures (styled by :mod:`analysis.figure_style`),
+  :mod:`analysis.report` writes one HTML page;
 - :mod:`analysis.cli` adds the ``table``, ``plot`` and ``report`` subcommands.
 
 Importing :mod:`analysis` itself is cheap: matplotlib is only imported by :mod:`analysis.plots`.

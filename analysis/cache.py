@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".analysis_cache"
 CACHE_FILE = "sweep.pkl"
-#: Bump when RunData, the parsing rules or the assembled frame change meaning.
-CACHE_VERSION = 1
+#: Bump when RunData, Sweep, the parsing rules or the assembled frames change.
+CACHE_VERSION = 2
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 

@@ -16,7 +16,7 @@ Parsed runs are cached under ``SWEEP_DIR/.analysis_cache`` (:mod:`analysis.cache
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class Sweep:
         baseline_run_id: the run ``sweep.json`` names as baseline, else the first run.
         grouped_by_run: True when no run has a ``run.json`` (plain trains): each run is its own
             point instead of all runs forming one point.
+        sweep_meta: the content of ``sweep.json`` (``file``, ``profile``, ...), empty if absent.
     """
 
     root: Path
@@ -76,6 +77,7 @@ class Sweep:
     varied_keys: tuple[str, ...]
     baseline_run_id: str
     grouped_by_run: bool
+    sweep_meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def point_keys(self) -> list[str]:
@@ -224,6 +226,7 @@ def assemble(layout: SweepLayout, runs: Sequence[RunData]) -> Sweep:
         varied_keys=tuple(varied_keys),
         baseline_run_id=baseline,
         grouped_by_run=not any(run.has_run_json for run in runs),
+        sweep_meta=dict(layout.sweep_meta),
     )
 
 

@@ -28,9 +28,23 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from analysis.collapse import HEALTHY
+from analysis.figure_style import (
+    DPI,
+    LABEL_BOX,
+    PALETTE,
+    epoch_axis,
+    figure_grid,
+    format_value,
+    legend_below,
+    legend_height,
+    legend_title,
+    no_data,
+    point_colors,
+    point_labels,
+)
 from analysis.load import Sweep
 
 PATCH_SIZE_KEY = "model.patch_size"
@@ -38,87 +52,10 @@ BATCH_SIZE_KEY = "optim.batch_size"
 RUNS_PER_PAGE = 24
 #: More points than this and the kNN overlay's legend moves below the axes.
 MAX_LEGEND_INSIDE = 8
-LEGEND_ROW_INCHES = 0.22
-DPI = 120
 FORMATS = ("png", "pdf")
-
-#: White box behind labels drawn over curves.
-_LABEL_BOX: dict[str, Any] = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1}
-
-_TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-          "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
-
-def _format_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def point_labels(sweep: Sweep) -> pd.Series:
-    """Label of each run's sweep point (``key=value, ...``), indexed like ``sweep.runs``."""
-    keys = sweep.point_keys
-    if not keys:
-        return pd.Series(sweep.name, index=sweep.runs.index)
-    if len(keys) == 1 and keys[0] != "run_id":
-        return sweep.runs[keys[0]].map(_format_value).astype(object)
-    if keys == ["run_id"]:
-        return sweep.runs["run_id"].astype(object)
-    return sweep.runs[keys].apply(
-        lambda row: ", ".join(f"{key}={_format_value(row[key])}" for key in keys), axis=1
-    ).astype(object)
-
-
-def _colors(labels: pd.Series) -> dict[str, str]:
-    """One colour per distinct label, in sweep order."""
-    unique = list(dict.fromkeys(labels))
-    if len(unique) <= len(_TAB10):
-        return {label: _TAB10[index] for index, label in enumerate(unique)}
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    return {label: _hex(cmap(index / max(len(unique) - 1, 1))) for index, label in
-            enumerate(unique)}
-
-
-def _hex(rgba: tuple[float, float, float, float]) -> str:
-    return "#" + "".join(f"{round(channel * 255):02x}" for channel in rgba[:3])
-
-
-def _figure_grid(nrows: int, ncols: int, *, panel: tuple[float, float],
-                 gap: tuple[float, float], margins: tuple[float, float, float, float],
-                 sharey: bool = False) -> tuple[Figure, np.ndarray]:
-    """A figure of ``nrows x ncols`` axes laid out in inches, shape ``(nrows, ncols)``.
-
-    Args:
-        panel: (width, height) of one axes.
-        gap: (horizontal, vertical) space between axes, room for tick labels and titles.
-        margins: (left, right, bottom, top) around the grid, room for labels and legends.
-
-    A fixed layout instead of matplotlib's constrained layout: it draws 2-4x faster, which
-    matters for sweeps with many runs.
-    """
-    left, right, bottom, top = margins
-    width = left + right + ncols * panel[0] + (ncols - 1) * gap[0]
-    height = bottom + top + nrows * panel[1] + (nrows - 1) * gap[1]
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey, gridspec_kw={
-        "left": left / width, "right": 1 - right / width,
-        "bottom": bottom / height, "top": 1 - top / height,
-        "wspace": gap[0] / panel[0], "hspace": gap[1] / panel[1],
-    })
-    return fig, axes
-
 
 def _title_of(sweep: Sweep) -> str:
     return f"sweep {sweep.name}"
-
-
-def _no_data(ax: Axes, message: str) -> None:
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes,
-            fontsize=11, color="0.4")
 
 
 def _runs_with_metrics(sweep: Sweep, column: str) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -128,42 +65,19 @@ def _runs_with_metrics(sweep: Sweep, column: str) -> Iterator[tuple[int, pd.Data
         return
     frame = frame[np.isfinite(frame["epoch"].to_numpy(dtype=float)) & frame[column].notna()]
     by_run = dict(iter(frame.groupby("run_id", sort=False)))
-    for index, run_id in sweep.runs["run_id"].items():
+    for index, run_id in zip(sweep.runs.index, sweep.runs["run_id"], strict=True):
         rows = by_run.get(run_id)
         if rows is not None and len(rows):
-            yield int(index), rows  # type: ignore[call-overload]
-
-
-def _legend_below(fig: Figure, handles: list[Any], ncol: int, title: str | None = None) -> None:
-    fig.legend(handles=handles, loc="lower center", ncol=max(1, ncol), frameon=False,
-               fontsize=9, title=title, title_fontsize=9)
-
-
-def _legend_title(sweep: Sweep) -> str:
-    """What the colours stand for: the varied key(s), or runs."""
-    keys = sweep.point_keys
-    if keys == ["run_id"]:
-        return "run"
-    return ", ".join(keys) if keys else "sweep"
-
-
-def _epoch_axis(ax: Axes) -> None:
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _legend_height(entries: int, ncol: int) -> float:
-    """Inches a legend of ``entries`` in ``ncol`` columns takes below the axes."""
-    return LEGEND_ROW_INCHES * math.ceil(entries / ncol) + 0.1
+            yield int(index), rows
 
 
 def knn_overlay_figure(sweep: Sweep) -> Figure:
     """Teacher vs student kNN over epochs, mean ± std over seeds per point (Fig. 6 left)."""
     labels = point_labels(sweep)
-    colors = _colors(labels)
+    colors = point_colors(labels)
     legend_inside = len(colors) <= MAX_LEGEND_INSIDE
-    bottom = 0.6 if legend_inside else 0.6 + _legend_height(len(colors) + 2, 4)
-    fig, axes = _figure_grid(1, 1, panel=(7.6, 4.4), gap=(0, 0),
+    bottom = 0.6 if legend_inside else 0.6 + legend_height(len(colors) + 2, 4)
+    fig, axes = figure_grid(1, 1, panel=(7.6, 4.4), gap=(0, 0),
                              margins=(0.75, 0.2, bottom, 0.4))
     ax = axes[0, 0]
     frame = sweep.frame.assign(_label=sweep.frame["run_id"].map(
@@ -175,7 +89,7 @@ def knn_overlay_figure(sweep: Sweep) -> Figure:
         for column, style in (("knn_teacher", "-"), ("knn_student", "--")):
             if column not in rows.columns or rows[column].notna().sum() == 0:
                 continue
-            stats = (rows.groupby("epoch")[column].agg(["mean", "std", "count"]) * 1.0)
+            stats = rows.groupby("epoch")[column].agg(["mean", "std", "count"])
             epochs = stats.index.to_numpy(dtype=float)
             mean = stats["mean"].to_numpy() * 100.0
             std = np.nan_to_num(stats["std"].to_numpy() * 100.0)
@@ -184,22 +98,22 @@ def knn_overlay_figure(sweep: Sweep) -> Figure:
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15,
                                 linewidth=0)
             plotted.append(label)
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.set_ylabel("k-NN top-1 (%)")
     ax.set_title(f"Teacher vs student k-NN during training — {_title_of(sweep)}")
     ax.grid(alpha=0.3)
     if not plotted:
-        _no_data(ax, "no kNN measurements yet")
+        no_data(ax, "no kNN measurements yet")
         return fig
     handles: list[Any] = [Line2D([], [], color=colors[label], linewidth=2.5, label=label)
                           for label in dict.fromkeys(plotted)]
     handles += [Line2D([], [], color="0.2", linestyle="-", label="teacher"),
                 Line2D([], [], color="0.2", linestyle="--", label="student")]
-    title = f"{_legend_title(sweep)} (mean ± std over seeds)"
+    title = f"{legend_title(sweep)} (mean ± std over seeds)"
     if legend_inside:
         ax.legend(handles=handles, loc="best", fontsize=9, title=title, title_fontsize=9)
     else:
-        _legend_below(fig, handles, ncol=4, title=title)
+        legend_below(fig, handles, ncol=4, title=title)
     return fig
 
 
@@ -208,18 +122,18 @@ def knn_run_pages(sweep: Sweep) -> list[Figure]:
     labels = point_labels(sweep)
     runs = list(_runs_with_metrics(sweep, "knn_teacher"))
     if not runs:
-        fig, axes = _figure_grid(1, 1, panel=(7.6, 3.4), gap=(0, 0),
+        fig, axes = figure_grid(1, 1, panel=(7.6, 3.4), gap=(0, 0),
                                  margins=(0.75, 0.2, 0.6, 0.4))
         ax = axes[0, 0]
         ax.set_title(f"k-NN per run — {_title_of(sweep)}")
-        _no_data(ax, "no run has kNN measurements yet")
+        no_data(ax, "no run has kNN measurements yet")
         return [fig]
     pages = []
     for start in range(0, len(runs), RUNS_PER_PAGE):
         page = runs[start:start + RUNS_PER_PAGE]
         ncols = min(4, len(page))
         nrows = math.ceil(len(page) / ncols)
-        fig, axes = _figure_grid(nrows, ncols, panel=(3.4, 2.1), gap=(0.15, 0.95),
+        fig, axes = figure_grid(nrows, ncols, panel=(3.4, 2.1), gap=(0.15, 0.95),
                                  margins=(0.75, 0.15, 0.95, 1.05), sharey=True)
         for ax, (index, rows) in zip(axes.flat, page, strict=False):
             _draw_run_knn(ax, sweep.runs.loc[index], str(labels.loc[index]), rows)
@@ -232,7 +146,7 @@ def knn_run_pages(sweep: Sweep) -> list[Figure]:
         hidden = len(sweep.runs) - len(runs)
         note = f"\n({hidden} run(s) without kNN measurements not shown)" if hidden else ""
         fig.suptitle(f"Teacher vs student k-NN per run — {_title_of(sweep)}{suffix}{note}")
-        _legend_below(fig, [
+        legend_below(fig, [
             Line2D([], [], color="#1f77b4", label="teacher"),
             Line2D([], [], color="#ff7f0e", linestyle="--", label="student"),
             Line2D([], [], color="0.4", linestyle=":", label="teacher at random init"),
@@ -257,7 +171,7 @@ def _draw_run_knn(ax: Axes, run: pd.Series, label: str, rows: pd.DataFrame) -> N
         ax.set_xlim(0, float(planned))  # show how far an unfinished run got
         progress = f" ({run['epochs_done']}/{int(planned)} epochs)"
     ax.set_title(f"{label}{seed}\n{run['state']}{progress}", fontsize=9)
-    _epoch_axis(ax)
+    epoch_axis(ax)
     ax.xaxis.label.set_fontsize(9)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
@@ -266,9 +180,9 @@ def _draw_run_knn(ax: Axes, run: pd.Series, label: str, rows: pd.DataFrame) -> N
 def collapse_figure(sweep: Sweep) -> Figure:
     """Teacher entropy and KL(teacher‖student) per run over epochs (Fig. 7)."""
     labels = point_labels(sweep)
-    colors = _colors(labels)
-    bottom = 0.95 + _legend_height(len(colors) + 1, 5)
-    fig, axes = _figure_grid(1, 2, panel=(5.2, 3.9), gap=(1.8, 0),
+    colors = point_colors(labels)
+    bottom = 0.95 + legend_height(len(colors) + 1, 5)
+    fig, axes = figure_grid(1, 2, panel=(5.2, 3.9), gap=(1.8, 0),
                              margins=(0.75, 1.05, bottom, 0.75))
     entropy_ax, kl_ax = axes[0]
     runs = dict(_runs_with_metrics(sweep, "teacher_entropy"))
@@ -296,19 +210,20 @@ def collapse_figure(sweep: Sweep) -> Figure:
     kl_ax.set_title("KL(Pt ‖ Ps) between teacher and student")
     kl_ax.set_ylabel("KL (nats)")
     for ax in (entropy_ax, kl_ax):
-        _epoch_axis(ax)
+        epoch_axis(ax)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Collapse diagnostics (paper Fig. 7) — {_title_of(sweep)}")
     if not runs:
-        _no_data(entropy_ax, "no entropy measurements yet")
-        _no_data(kl_ax, "no KL measurements yet")
+        no_data(entropy_ax, "no entropy measurements yet")
+        no_data(kl_ax, "no KL measurements yet")
         return fig
     plotted_labels = {str(labels.loc[index]) for index in runs}
     handles: list[Any] = [Line2D([], [], color=color, linewidth=2.5, label=label)
                           for label, color in colors.items() if label in plotted_labels]
-    handles.append(Line2D([], [], color="black", marker="X", linestyle="none", markersize=8,
-                          label="collapse starts"))
-    _legend_below(fig, handles, ncol=5, title=_legend_title(sweep))
+    if annotated:
+        handles.append(Line2D([], [], color="black", marker="X", linestyle="none",
+                              markersize=8, label="collapse starts"))
+    legend_below(fig, handles, ncol=5, title=legend_title(sweep))
     return fig
 
 
@@ -338,7 +253,7 @@ def _mark_collapse(entropy_ax: Axes, kl_ax: Axes, run: pd.Series, epochs: np.nda
             text, xy=(epochs[position], entropy[position]), xytext=offset,
             textcoords="offset points", fontsize=8, color=color,
             arrowprops={"arrowstyle": "->", "color": color},
-            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+            bbox=LABEL_BOX,
         )
 
 
@@ -377,7 +292,7 @@ def _final_by_point(sweep: Sweep, x_key: str) -> pd.DataFrame:
 
 def _scaling_figure(sweep: Sweep, x_key: str, *, x_column: str, x_label: str, title: str,
                     log_base: float) -> Figure:
-    fig, axes = _figure_grid(1, 1, panel=(7.0, 4.4), gap=(0, 0), margins=(0.75, 0.25, 0.6, 0.4))
+    fig, axes = figure_grid(1, 1, panel=(7.0, 4.4), gap=(0, 0), margins=(0.75, 0.25, 0.6, 0.4))
     ax = axes[0, 0]
     points = _final_by_point(sweep, x_key)
     points = points[np.isfinite(points[x_column].to_numpy(dtype=float))]
@@ -386,9 +301,9 @@ def _scaling_figure(sweep: Sweep, x_key: str, *, x_column: str, x_label: str, ti
     ax.set_title(f"{title} — {_title_of(sweep)}")
     ax.grid(alpha=0.3, which="both")
     if points.empty:
-        _no_data(ax, "no finished kNN measurements yet")
+        no_data(ax, "no finished kNN measurements yet")
         return fig
-    for color, (series, rows) in zip(_TAB10 * 10, points.groupby("_series", sort=False),
+    for color, (series, rows) in zip(PALETTE * 10, points.groupby("_series", sort=False),
                                      strict=False):
         rows = rows.sort_values(x_column)
         x = rows[x_column].to_numpy(dtype=float)
@@ -413,8 +328,8 @@ def _scaling_figure(sweep: Sweep, x_key: str, *, x_column: str, x_label: str, ti
 
 def _point_tag(x_key: str, value: Any) -> str:
     if x_key == PATCH_SIZE_KEY:
-        return f"/{_format_value(value)}"
-    return f"bs {_format_value(value)}"
+        return f"/{format_value(value)}"
+    return f"bs {format_value(value)}"
 
 
 def patch_size_figure(sweep: Sweep) -> Figure | None:

@@ -18,13 +18,15 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.figure_style import DPI
 from analysis.load import Sweep
-from analysis.plots import DPI, sweep_figures
+from analysis.plots import sweep_figures
 from analysis.table_format import display_cells, to_csv, to_latex
 from analysis.tables import AblationTable, build_table
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1.5em;
+       box-sizing: border-box; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
@@ -132,6 +134,11 @@ def render_report(sweep: Sweep) -> str:
     figures = "\n".join(_figure_html(stem, figure)
                         for stem, figure in sweep_figures(sweep).items())
     varied = ", ".join(sweep.varied_keys) or "nothing"
+    meta_rows = "".join(
+        f"<dt>{label}</dt><dd>{_escape(sweep.sweep_meta[key])}</dd>\n"
+        for key, label in (("file", "sweep file"), ("profile", "profile"))
+        if sweep.sweep_meta.get(key) is not None
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -143,7 +150,7 @@ def render_report(sweep: Sweep) -> str:
 <h1>DINO ablation report: {_escape(sweep.name)}</h1>
 <dl>
 <dt>sweep directory</dt><dd><code>{_escape(sweep.root)}</code></dd>
-<dt>varied</dt><dd>{_escape(varied)}</dd>
+{meta_rows}<dt>varied</dt><dd>{_escape(varied)}</dd>
 <dt>runs</dt><dd>{len(sweep.runs)} ({_escape(states)})</dd>
 <dt>baseline run</dt><dd>{_escape(sweep.baseline_run_id)}</dd>
 <dt>generated</dt><dd>{_escape(created)}</dd>

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ class SweepLayout:
 
     Attributes:
         root: the directory the user named.
-        run_dirs: run directories in sweep order (``sweep.json`` ``runs`` first, then by name).
+        run_dirs: run directories in sweep order (``sweep.json`` ``runs`` first, then by name,
+            numbers compared as numbers).
         sweep_meta: the content of ``sweep.json``, or an empty mapping when it is absent.
     """
 
@@ -97,8 +99,14 @@ def _ordered_run_dirs(parent: Path, listed: list[str]) -> tuple[Path, ...]:
         else:
             logger.warning("%s lists run %s but %s does not exist yet; skipped",
                            SWEEP_FILE, run_id, parent / run_id)
-    ordered.extend(found[name] for name in sorted(found))
+    ordered.extend(found[name] for name in sorted(found, key=natural_key))
     return tuple(ordered)
+
+
+def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key putting ``run2`` before ``run10``."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part)
+                 for part in re.split(r"(\d+)", name) if part)
 
 
 def locate(path: str | Path) -> SweepLayout:

@@ -9,7 +9,8 @@ then prints:
 - one run changed: one run appended an epoch, only that run is parsed again.
 
 The target is a cold load under 3 s. The OS page cache is warm in all three (the files were just
-written), so "cold" measures parsing, not disk reads.
+written), so "cold" measures parsing, not disk reads. Wall time depends on how busy the machine
+is, so the CPU time (this process and its reader processes) and the load average are printed too.
 
 Usage: python benchmarks/bench_analysis.py [--runs N] [--epochs N] [--dir DIR]
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -64,10 +66,17 @@ def write_sweep(root: Path, num_runs: int, epochs: int) -> None:
     (root / "sweep.json").write_text(json.dumps(meta))
 
 
-def _timed(root: Path) -> tuple[float, int]:
-    start = time.perf_counter()
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the parallel readers)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _timed(root: Path) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, rows) of one load_sweep."""
+    start, cpu = time.perf_counter(), _cpu_seconds()
     sweep = load_sweep(root)
-    return time.perf_counter() - start, len(sweep.frame)
+    return time.perf_counter() - start, _cpu_seconds() - cpu, len(sweep.frame)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,15 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         write_sweep(root, args.runs, args.epochs)
         print(f"wrote {args.runs} runs x {args.epochs} epochs in "
               f"{time.perf_counter() - start:.1f} s under {root}")
-        cold, rows = _timed(root)
-        print(f"cold load (no cache):     {cold:6.2f} s  ({rows} rows)")
-        warm, _ = _timed(root)
-        print(f"warm load (cache hit):    {warm:6.2f} s")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"{os.cpu_count()} CPUs, load average {load:.1f} (wall times grow with load)")
+        cold, cold_cpu, rows = _timed(root)
+        print(f"cold load (no cache):     {cold:6.2f} s wall, {cold_cpu:6.2f} s CPU  ({rows} rows)")
+        warm, warm_cpu, _ = _timed(root)
+        print(f"warm load (cache hit):    {warm:6.2f} s wall, {warm_cpu:6.2f} s CPU")
         changed = root / "runs" / "run0009" / "metrics.jsonl"
         with changed.open("a") as handle:
             handle.write(json.dumps({"epoch": 10_000, "step": 1, "knn_teacher": 0.5}) + "\n")
-        partial, _ = _timed(root)
-        print(f"one run changed:          {partial:6.2f} s")
+        partial, partial_cpu, _ = _timed(root)
+        print(f"one run changed:          {partial:6.2f} s wall, {partial_cpu:6.2f} s CPU")
         target = 3.0
         print(f"cold load target {target:.1f} s: {'met' if cold < target else 'MISSED'}")
     return 0

@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dino_ablate.config import RunConfig
 from dino_ablate.data import load_data
 from dino_ablate.knn import knn_accuracy
+from dino_ablate.model import MultiCropNetwork
 from dino_ablate.schedules import Schedules
 from dino_ablate.step import train_step
 from dino_ablate.train import build_state, pick_device
@@ -143,6 +144,7 @@ def run_bench(cfg: RunConfig, steps: int = 10, warmup: int = 3,
     if with_eval:
         bank, queries = data.knn_sets(cfg.seed)
         t0 = time.perf_counter()
+        assert isinstance(state.teacher, MultiCropNetwork)
         knn_accuracy(state.teacher.backbone, bank, queries, data.num_classes, cfg.eval.knn_k,
                      cfg.eval.knn_temperature, cfg.eval.batch_size, device, autocast_dtype)
         eval_seconds = time.perf_counter() - t0
@@ -153,6 +155,8 @@ def run_bench(cfg: RunConfig, steps: int = 10, warmup: int = 3,
     flops = float(counter.get_total_flops())
 
     # The bare backbones on the same crops, grouped by resolution like the model does.
+    assert isinstance(state.student, MultiCropNetwork)
+    assert isinstance(state.teacher, MultiCropNetwork)
     student_bb, teacher_bb = state.student.backbone, state.teacher.backbone
     groups = [torch.cat(crops[:2])] + ([torch.cat(crops[2:])] if len(crops) > 2 else [])
 

@@ -319,7 +319,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str | None) -> Any:
             continue
         path = f"{prefix}.{name}" if prefix else name
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, raw[name] if raw[name] is not None else {}, path, source)
         else:
             kwargs[name] = _coerce(raw[name], tp, path, f.metadata, source)
@@ -474,8 +474,9 @@ def field_docs() -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(cls):
             path = f"{prefix}.{f.name}" if prefix else f.name
             hints = typing.get_type_hints(cls)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], path)
+            sub = hints[f.name]
+            if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+                walk(sub, path)
             else:
                 default = f.default
                 shown = list(default) if isinstance(default, tuple) else default

@@ -213,7 +213,7 @@ class FolderData:
                 skip: int) -> Iterator[list[torch.Tensor]]:
         from torch.utils.data import DataLoader, DistributedSampler
 
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank,
+        sampler: DistributedSampler[Any] = DistributedSampler(self.train_set, num_replicas=world, rank=rank,
                                      shuffle=True, seed=seed, drop_last=True)
         sampler.set_epoch(epoch)
         workers = self.cfg.num_workers

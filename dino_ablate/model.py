@@ -6,6 +6,8 @@ weight-normalised linear layer without bias whose gain is frozen at 1 when norm_
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 import torch.nn as nn
@@ -21,7 +23,7 @@ def build_backbone(cfg: ModelConfig, img_size: int, in_chans: int,
     `dynamic_img_size` interpolates the position embeddings (bicubic) for the local crops;
     `dynamic_img_pad` zero-pads images whose side is not a multiple of the patch (patch 5).
     """
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "pretrained": False, "num_classes": 0, "global_pool": "token",
         "dynamic_img_size": True, "dynamic_img_pad": True, "img_size": img_size,
         "patch_size": cfg.patch_size, "in_chans": in_chans, "drop_path_rate": drop_path_rate,
@@ -121,7 +123,7 @@ def build_networks(model_cfg: ModelConfig, head_cfg: HeadConfig, img_size: int,
                    in_chans: int) -> tuple[MultiCropNetwork, MultiCropNetwork]:
     """Student (drop-path, predictor) and teacher (no drop-path) starting from equal weights."""
     student_backbone = build_backbone(model_cfg, img_size, in_chans, model_cfg.drop_path_rate)
-    embed_dim = int(student_backbone.num_features)
+    embed_dim = int(student_backbone.num_features)  # type: ignore[arg-type]
     predictor = Predictor(head_cfg.out_dim, head_cfg.hidden_dim) if head_cfg.predictor else None
     student = MultiCropNetwork(
         student_backbone, DINOHead(embed_dim, head_cfg, head_cfg.norm_last_layer), predictor)
@@ -135,11 +137,12 @@ def build_networks(model_cfg: ModelConfig, head_cfg: HeadConfig, img_size: int,
     return student, teacher
 
 
-def teacher_pairs(student: nn.Module, teacher: nn.Module) -> tuple[list[torch.Tensor],
-                                                                    list[torch.Tensor]]:
+def teacher_pairs(student: nn.Module,
+                  teacher: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Matching (student, teacher) parameter lists; the student's predictor has no twin."""
     t_params = dict(teacher.named_parameters())
-    s_list, t_list = [], []
+    s_list: list[torch.Tensor] = []
+    t_list: list[torch.Tensor] = []
     for name, p in student.named_parameters():
         name = name.removeprefix("module.")
         if name.startswith("predictor."):

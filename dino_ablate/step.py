@@ -40,7 +40,8 @@ class TrainState:
 def param_groups(model: nn.Module) -> list[dict[str, object]]:
     """Group 0 regularised weights; group 1 biases and 1-D params without weight decay
     (official utils.get_params_groups)."""
-    regularized, not_regularized = [], []
+    regularized: list[nn.Parameter] = []
+    not_regularized: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

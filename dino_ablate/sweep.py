@@ -230,7 +230,9 @@ def parse_resources(raw: Any, source: str, where: str,
         raise _fail(source, where, f"{raw!r} must be a mapping of resource keys")
     valid = list(_RESOURCE_RULES)
     values = dataclasses.asdict(start or Resources())
-    for key, value in raw.items():
+    given: dict[str, Any] = dict(raw)
+    value: Any
+    for key, value in given.items():
         if key not in _RESOURCE_RULES:
             raise _unknown_key(source, where, key, valid)
         path = f"{where}.{key}"
@@ -240,7 +242,7 @@ def parse_resources(raw: Any, source: str, where: str,
                 raise _fail(source, path, f"null is not allowed; expected {allowed}")
             values[key] = None
             continue
-        if isinstance(value, bool) or not isinstance(value, types_):
+        if isinstance(value, bool) or not any(isinstance(value, t) for t in types_):
             raise _fail(source, path, f"{value!r} is not allowed; expected {allowed}")
         if key in _RESOURCE_MIN and value < _RESOURCE_MIN[key]:
             raise _fail(source, path, f"{value!r} is out of range; expected {allowed}")
@@ -300,7 +302,8 @@ def _fmt_value(value: Any) -> str:
 def _short_labels(keys: Sequence[str]) -> dict[str, str]:
     """`loss.teacher_temp` -> `teacher_temp`, unless two keys share that last part."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k.replace(".", "-")) for k, s in zip(keys, last)}
+    return {k: (s if last.count(s) == 1 else k.replace(".", "-"))
+            for k, s in zip(keys, last, strict=True)}
 
 
 def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
@@ -308,8 +311,11 @@ def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
     trimmed = _copy_tree(dict(cfg_dict))
     for key in NON_SEMANTIC_KEYS:
         parent, _, leaf = key.rpartition(".")
-        node = cfgmod.get_dotted(trimmed, parent) if parent else trimmed
-        node.pop(leaf, None)
+        node = trimmed
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     text = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 

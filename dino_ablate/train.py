@@ -6,6 +6,7 @@ stop, and owns the run directory (rank 0 writes it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import resource
@@ -20,7 +21,7 @@ from dino_ablate import checkpoint, dist, faults
 from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
 from dino_ablate.data import load_data
 from dino_ablate.knn import knn_accuracy
-from dino_ablate.model import build_networks, teacher_pairs
+from dino_ablate.model import MultiCropNetwork, build_networks, teacher_pairs
 from dino_ablate.rundir import RunDir
 from dino_ablate.schedules import Schedules
 from dino_ablate.step import TrainState, param_groups, train_step
@@ -108,6 +109,10 @@ def build_state(cfg: RunConfig, channels: int, device: torch.device,
     student, teacher = build_networks(cfg.model, cfg.head, cfg.data.global_crop_size, channels)
     student.to(device)
     teacher.to(device)
+    if cfg.runtime.compile:
+        # In place (nn.Module.compile), so state_dict keys stay those of the plain modules.
+        student.backbone.compile()
+        teacher.backbone.compile()
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, fused=fused,
                                   foreach=None if fused else True)
@@ -163,6 +168,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
 
     def knn(model: torch.nn.Module) -> float:
         module = model.module if isinstance(model, DistributedDataParallel) else model
+        assert isinstance(module, MultiCropNetwork)
         return knn_accuracy(module.backbone, bank, queries, data.num_classes, cfg.eval.knn_k,
                             cfg.eval.knn_temperature, cfg.eval.batch_size, device,
                             autocast_dtype)
@@ -270,7 +276,8 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "config": semantic,
-            }, mid_write=lambda e=epoch + 1: faults.maybe_kill("kill_checkpoint", e, run_dir))
+            }, mid_write=functools.partial(faults.maybe_kill, "kill_checkpoint", epoch + 1,
+                                           run_dir))
             rd.append_metrics(record)
             rd.write_status("running", epoch + 1, cfg.epochs, last_step + 1)
             log.info("epoch %d/%d loss %.4f entropy %.3f kl %.3f knn teacher %s student %s "
@@ -325,7 +332,7 @@ def _collapsed(history: list[dict[str, Any]], cfg: RunConfig) -> bool:
 
     result = detect([r["teacher_entropy"] for r in history],
                     [r["kl_teacher_student"] for r in history], math.log(cfg.head.out_dim))
-    return bool(result.state != "healthy")
+    return bool(result.collapsed)
 
 
 def _write_summary(rd: RunDir, cfg: RunConfig, history: list[dict[str, Any]],

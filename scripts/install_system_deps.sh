@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs, and nothing else:
-#   slurm : slurmctld slurmd slurm-client munge   (tests/infra/test_slurm_local.py)
-#   net   : strace iproute2 util-linux            (check_connects.sh, netns_sandbox.sh)
+#   slurm   : slurmctld slurmd slurm-client munge   (slurm_cluster fixture, scripts/slurm/)
+#   net     : strace iproute2 util-linux            (check_connects.sh, netns_sandbox.sh)
+#   browser : chromium                              (tests/analysis/test_analysis_report_browser.py;
+#             the largest group by far, ~100 MB with its libraries)
 #
-# Usage:  scripts/install_system_deps.sh [slurm|net ...]     (no argument: all groups)
+# Usage:  scripts/install_system_deps.sh [slurm|net|browser ...]   (no argument: all groups)
 #
 # Idempotent and quick when everything is present: one dpkg-query, no apt-get at all
 # (about 0.05 s). Only when a package is missing does it run `apt-get update` and
@@ -14,9 +16,10 @@ set -euo pipefail
 declare -A GROUPS_PKGS=(
   [slurm]="slurmctld slurmd slurm-client munge"
   [net]="strace iproute2 util-linux"
+  [browser]="chromium"
 )
 groups=("$@")
-[[ ${#groups[@]} -gt 0 ]] || groups=(slurm net)
+[[ ${#groups[@]} -gt 0 ]] || groups=(slurm net browser)
 
 wanted=()
 for g in "${groups[@]}"; do

@@ -153,6 +153,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         _unavailable("start_slurm.sh did not finish within 600 s")
     start_seconds = time.perf_counter() - started
     if proc.returncode != 0:
+        if not (root / "log").exists():  # failed before writing anything worth keeping
+            shutil.rmtree(root, ignore_errors=True)
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         _unavailable(f"start_slurm.sh failed (rc={proc.returncode}):\n{tail}")
 

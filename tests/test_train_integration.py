@@ -118,3 +118,20 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
     torch.testing.assert_close(c1["center"], c2["center"], rtol=1e-4, atol=1e-5)
     for name, tensor in c1["teacher"].items():
         torch.testing.assert_close(tensor, c2["teacher"][name], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_last_checkpoint_falls_back_to_previous(straight: Path, tmp_path: Path,
+                                                        damage: str) -> None:
+    out = tmp_path / "run"
+    res = run_train(out, "runtime.deterministic=true",
+                    env={"DINO_ABLATE_FAULT": "kill_step:25"}, check=False)
+    assert res.returncode == -9
+    last = out / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100)
+    res = run_train(out, "runtime.deterministic=true")
+    assert f"checkpoint {last} is unusable" in res.stderr
+    assert "resuming" in res.stderr and "at epoch 1" in res.stderr
+    assert _semantic(_metrics(out)) == _semantic(_metrics(straight))

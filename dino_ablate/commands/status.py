@@ -62,11 +62,11 @@ def _num(value: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     rows = collect(args.sweep_dir)
     if args.json:
-        for row in rows:
-            print(json.dumps(row, sort_keys=True))
+        for record in rows:
+            print(json.dumps(record, sort_keys=True))
         return 0
     header = ("run id", "state", "epoch", "job", *METRIC_COLUMNS, "note")
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     for r in rows:
         epoch = f"{_num(r['epoch'])}/{_num(r['epochs'])}" if r["epochs"] else _num(r["epoch"])
         job = r["job_id"] or "-"
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         note = r["reason"] or ""
         if not r["in_sweep"]:
             note = ("not in the current sweep file; " + note).rstrip("; ")
-        table.append((r["run_id"], r["state"], epoch, job,
+        table.append((str(r["run_id"]), str(r["state"]), epoch, job,
                       *(_num(r["latest"][k]) for k in METRIC_COLUMNS), note))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:

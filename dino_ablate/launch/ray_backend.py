@@ -60,7 +60,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def rank_commands(run_dir: Path, nproc: int, threads: int) -> list[tuple[list[str], dict[str, str]]]:
+def rank_commands(run_dir: Path, nproc: int, threads: int
+                  ) -> list[tuple[list[str], dict[str, str]]]:
     """The command and environment of each rank (one process per rank, single node)."""
     base = {k: v for k, v in os.environ.items()
             if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
@@ -87,8 +88,13 @@ def _ranks(run_dir: Path, nproc: int, threads: int, log_file: Path
     log_file.parent.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     with log_file.open("ab") as fh:
+        commands = rank_commands(run_dir, nproc, threads)
+        fh.write(f"== {time.strftime('%H:%M:%S')} ray trial: starting {nproc} rank(s) of "
+                 f"{run_dir.name} (MASTER_PORT {commands[0][1].get('MASTER_PORT', '-')})\n"
+                 .encode())
+        fh.flush()
         try:
-            for cmd, env in rank_commands(run_dir, nproc, threads):
+            for cmd, env in commands:
                 procs.append(subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                               stdin=subprocess.DEVNULL,
                                               preexec_fn=_die_with_parent))  # noqa: PLW1509
@@ -97,8 +103,9 @@ def _ranks(run_dir: Path, nproc: int, threads: int, log_file: Path
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
-            for proc in procs:
-                proc.wait()
+            codes = [proc.wait() for proc in procs]
+            fh.write(f"== {time.strftime('%H:%M:%S')} ray trial: {nproc} rank(s) ended, exit "
+                     f"codes {codes}\n".encode())
 
 
 def _numeric(record: dict[str, Any]) -> dict[str, float]:

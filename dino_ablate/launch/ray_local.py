@@ -35,7 +35,7 @@ __all__ = ["RAY_ENV", "connect_ray", "setup_env", "start_ray"]
 LOOPBACK_IP = "127.0.0.1"
 
 # Unix socket paths (Ray puts them under the temp dir) must stay below 108 bytes; Ray's own
-# suffix "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store" takes up to 67 of them.
+# suffix "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store" takes up to 64 of them.
 MAX_TEMP_DIR_LEN = 40
 
 RAY_ENV: dict[str, str] = {

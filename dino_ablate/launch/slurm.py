@@ -50,8 +50,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         from dino_ablate.train import train_run_dir
 
         run_dir = Path(self.run_dir)
+        rank = dist.detect().rank
+        logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
         lock = RunLock(run_dir)
-        if dist.detect().rank == 0:
+        if rank == 0:
             env = submitit.JobEnvironment()
             if not lock.acquire(f"train slurm job {env.job_id}", timeout_s=JOB_LOCK_WAIT_S):
                 holder = lock.holder()

@@ -147,3 +147,25 @@ def test_varied_lists_become_groupable_text(tmp_path: Path) -> None:
                           records=synth.make_records(2))
     sweep = analysis.load.load_sweep(run)
     assert sweep.runs["data.global_crop_scale"].tolist() == ["[0.4, 1.0]"]
+
+
+def test_failed_and_diverged_runs_keep_their_state_and_reason(tmp_path: Path) -> None:
+    runs = [
+        {"run_id": "f", "varied": {"x": 1}, "state": "failed",
+         "records": synth.make_records(3, collapse="uniform", collapse_at=1)},
+        {"run_id": "d", "varied": {"x": 2}, "state": "diverged",
+         "records": synth.make_records(2)},
+    ]
+    sweep = load_sweep(synth.write_sweep(tmp_path / "s", runs))
+    by_id = sweep.runs.set_index("run_id")
+    # Collapse overrides only "done": a failed run is reported for what stopped it.
+    assert by_id.loc["f", "state"] == "failed" and by_id.loc["f", "collapse"] == "collapsed-uniform"
+    assert by_id.loc["f", "status_reason"] == "synthetic failed"
+    assert by_id.loc["d", "state"] == "diverged"
+
+
+def test_runs_without_sweep_json_sort_numbers_as_numbers(tmp_path: Path) -> None:
+    runs = [{"run_id": name, "varied": {"x": name}, "records": synth.make_records(1)}
+            for name in ("run10", "run2", "run1")]
+    sweep = load_sweep(synth.write_sweep(tmp_path / "s", runs, with_sweep_json=False))
+    assert sweep.runs["run_id"].tolist() == ["run1", "run2", "run10"]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from analysis.figure_style import point_labels
 from analysis.load import load_sweep
 from analysis.plots import (
     batch_size_figure,
     collapse_figure,
     patch_size_figure,
-    point_labels,
     sweep_figures,
     write_plots,
 )
@@ -49,7 +49,7 @@ def test_collapse_figure_marks_collapses_and_reference_lines(teacher_sweep: Path
     right_labels = [label.get_text() for label in right.get_yticklabels()]
     assert right_labels[0].startswith("0: one-hot")
     assert right_labels[1].startswith("ln K = 5.55")
-    assert [line.get_ydata()[0] for line in entropy_ax.get_lines()
+    assert [np.asarray(line.get_ydata())[0] for line in entropy_ax.get_lines()
             if line.get_linestyle() == "--"] == pytest.approx([np.log(256)])
     assert "student_copy: uniform collapse\nfrom epoch 4" in texts
     assert "previous_epoch: one-dim collapse\nfrom epoch 6" in texts

@@ -7,6 +7,8 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
+
 from analysis.load import load_sweep
 from analysis.report import write_report
 
@@ -52,11 +54,14 @@ def test_report_embeds_images_and_tables(teacher_sweep: Path, tmp_path: Path) ->
     assert r"\begin{tabular}" in text  # LaTeX block
     assert "teacher_knn_mean" in text  # CSV block
     assert re.search(r"<title>DINO ablation report: teacher_update</title>", text)
+    assert "<dt>sweep file</dt><dd>sweeps/teacher_update.yaml</dd>" in text
+    assert "<dt>profile</dt><dd>cpu-small</dd>" in text
 
 
-def test_report_escapes_html(tmp_path: Path) -> None:
+def test_report_escapes_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.analysis import synth
 
+    monkeypatch.setattr("analysis.report.sweep_figures", lambda sweep: {})  # text only
     run = synth.write_run(tmp_path / "r", sweep="<b>sweep</b>", varied={"x": "<script>"},
                           records=synth.make_records(2))
     text = write_report(load_sweep(run), tmp_path / "report.html").read_text()

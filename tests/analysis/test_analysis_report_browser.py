@@ -122,3 +122,15 @@ def test_browser_check_detects_broken_images_and_console_errors(tmp_path: Path) 
     assert result["images"][0]["naturalWidth"] == 0
     assert sorted(result["errors"]) == ["console.error: boom", "image failed: broken"]
     assert any('"boom"' in line for line in _console_lines(stderr))
+
+
+def test_missing_chromium_skips_locally_and_fails_under_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(f"{__name__}.CHROMIUM", tmp_path / "no_chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        _chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install"):
+        _chromium()

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -72,3 +73,24 @@ def _ray_session_pids(ray_cluster: RayCluster) -> set[int]:
         except OSError:
             continue
     return pids
+
+
+def test_connect_ray_attaches_second_driver(ray_cluster: RayCluster) -> None:
+    """connect_ray() from another process joins this cluster instead of starting one."""
+    gcs_address = ray_cluster.context.address_info["gcs_address"]
+    script = (
+        "import sys\n"
+        "from dino_ablate.launch.ray_local import connect_ray\n"
+        "context = connect_ray(sys.argv[1])\n"
+        "import ray\n"
+        "print(context.address_info['gcs_address'], ray.get(ray.remote(lambda: 6 * 7).remote()))\n"
+        "ray.shutdown()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, gcs_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [gcs_address, "42"]

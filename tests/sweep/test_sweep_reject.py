@@ -11,9 +11,19 @@ from pathlib import Path
 
 import pytest
 
+import dino_ablate.launch.base
 from dino_ablate.cli import main
 
 BAD = sorted((Path(__file__).parent / "bad").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _never_submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guard, not a mock: should validation ever let a bad file through, fail fast instead of
+    starting Ray or sbatch from a unit test."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a bad sweep reached submission")
+    monkeypatch.setattr(dino_ablate.launch.base, "submit_sweep", refuse)
 
 
 def _header(file: Path, key: str) -> list[str]:

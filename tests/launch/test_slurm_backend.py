@@ -1,0 +1,127 @@
+"""The SLURM backend on a real local SLURM (fixture `slurm_cluster`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    LOCAL_SMOKE,
+    all_final,
+    cli,
+    metrics_epochs,
+    one_point_sweep,
+    status,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _submissions(sweep_dir: Path) -> list[dict[str, Any]]:
+    lines = (sweep_dir / "submissions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_local_smoke_reaches_done_and_resubmission_submits_nothing(
+        slurm_cluster: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    started = time.monotonic()
+    cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out),
+        "--max-parallel", "2")
+    assert time.monotonic() - started < 60, "submission must return at once"
+    sweep_dir = out / "local_smoke" / "local"
+    rows = wait_for(sweep_dir, all_final, 600, "the 3 runs to finish")
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    for run_id, row in rows.items():
+        run_dir = sweep_dir / "runs" / run_id
+        assert metrics_epochs(run_dir) == [1, 2, 3], run_id
+        assert row["epoch"] == row["epochs"] == 3
+        run = json.loads((run_dir / "run.json").read_text())
+        assert run["run_id"] == run_id and run["profile"] == "local"
+        assert set(run["reference"]) == {"knn_top1", "linear_top1"}
+
+    # the DDP point ran as one job of 2 SLURM tasks (2 ranks)
+    ddp = next(r for r in rows.values() if "centering_kind-cross_entropy" in r["run_id"])
+    job_id = ddp["job_id"]
+    logs = sorted(p.name for p in (sweep_dir / "slurm" / job_id).glob("*_log.out"))
+    assert logs == [f"{job_id}_0_log.out", f"{job_id}_1_log.out"], logs
+
+    meta = json.loads((sweep_dir / "sweep.json").read_text())
+    assert meta["name"] == "local_smoke" and meta["profile"] == "local"
+    assert len(meta["runs"]) == 3 and len(meta["baseline"]) == 1
+
+    again = cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out))
+    assert "0 launched, 3 skipped" in again.stdout, again.stdout
+    records = _submissions(sweep_dir)
+    assert len(records) == 2
+    assert len(records[0]["launched"]) == 3 and records[1]["launched"] == {}
+
+
+def _job_of(sweep_dir: Path) -> tuple[str, str]:
+    rows = status(sweep_dir)
+    (run_id, row), = rows.items()
+    return run_id, row["job_id"]
+
+
+def _wait_epoch(sweep_dir: Path, at_least: int, timeout: float = 300) -> None:
+    wait_for(sweep_dir, lambda rows: all((r["epoch"] or 0) >= at_least
+                                         and r["state"] == "running" for r in rows.values()),
+             timeout, f"epoch >= {at_least}")
+
+
+def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster: Any, tmp_path: Path) -> None:
+    epochs = 40
+    file = one_point_sweep(tmp_path / "requeue.yaml", "requeue", epochs)
+    out = tmp_path / "out"
+    cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+    sweep_dir = out / "requeue" / "local"
+    run_id, job_id = _job_of(sweep_dir)
+
+    # 1. preemption / time-limit path: USR2 -> submitit calls checkpoint() and requeues
+    _wait_epoch(sweep_dir, 3)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    # 2. an external requeue: SIGTERM/SIGKILL, no checkpoint() call; state is on disk anyway
+    time.sleep(3)
+    _wait_epoch(sweep_dir, 3 + 3 + 1)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+
+    rows = wait_for(sweep_dir, all_final, 600, "the requeued run to finish")
+    assert rows[run_id]["state"] == "done", rows
+    run_dir = sweep_dir / "runs" / run_id
+    assert metrics_epochs(run_dir) == list(range(1, epochs + 1))
+    log_text = "".join(p.read_text() for p in (sweep_dir / "slurm" / job_id).glob("*_log.*"))
+    assert "Caught signal SIGUSR2" in log_text
+    resumed = [line for line in log_text.splitlines() if "resuming" in line]
+    assert len(resumed) >= 2, log_text[-3000:]
+    # still one submission: the requeues happened inside SLURM
+    assert len(_submissions(sweep_dir)) == 1
+
+
+def test_concurrent_submissions_run_every_point_once(slurm_cluster: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out)]
+    import os
+    import sys
+
+    from helpers import ROOT
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dino_ablate", *args], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    sweep_dir = out / "local_smoke" / "local"
+    records = _submissions(sweep_dir)
+    assert len(records) == 2
+    launched = [set(r["launched"]) for r in records]
+    assert launched[0].isdisjoint(launched[1]), records
+    assert len(launched[0] | launched[1]) == 3, records
+    rows = wait_for(sweep_dir, all_final, 600, "the runs to finish")
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    for run_id in rows:
+        assert metrics_epochs(sweep_dir / "runs" / run_id) == [1, 2, 3]

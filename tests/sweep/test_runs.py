@@ -1,0 +1,105 @@
+"""Run identity, run-directory state and the per-run lock (real files, real processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dino_ablate.errors import ConfigError
+from dino_ablate.runs import RunLock, prepare_run_dir, read_metrics, run_dir_of, run_state
+from dino_ablate.sweep import load_sweep, semantic_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE = ROOT / "sweeps" / "local_smoke.yaml"
+
+
+def test_run_ids_ignore_non_semantic_keys(tmp_path: Path) -> None:
+    text = SMOKE.read_text()
+    a = load_sweep(SMOKE, "local")
+    variant = tmp_path / "local_smoke.yaml"
+    variant.write_text(text.replace("threads: 1", "threads: 2")
+                       .replace("time_min: 15", "time_min: 99"))
+    b = load_sweep(variant, "local")
+    assert [p.run_id for p in a.points] == [p.run_id for p in b.points]
+    variant.write_text(text.replace("epochs: 3", "epochs: 4"))
+    c = load_sweep(variant, "local")
+    assert not {p.run_id for p in a.points} & {p.run_id for p in c.points}
+
+
+def test_semantic_hash_is_order_independent() -> None:
+    assert semantic_hash({"a": 1, "b": {"c": 2}}) == semantic_hash({"b": {"c": 2}, "a": 1})
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "../x", "a/b", "", "x;y", "/abs"])
+def test_run_ids_cannot_escape_the_sweep_dir(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        run_dir_of(tmp_path, bad)
+
+
+def test_prepare_refuses_a_different_config(tmp_path: Path) -> None:
+    sweep = load_sweep(SMOKE, "local")
+    rd = tmp_path / "run"
+    prepare_run_dir(rd, sweep, sweep.points[0])
+    prepare_run_dir(rd, sweep, sweep.points[0])  # idempotent
+    run = json.loads((rd / "run.json").read_text())
+    assert run["varied"] == sweep.points[0].varied and run["seed"] == 0
+    with pytest.raises(ConfigError, match="different config"):
+        prepare_run_dir(rd, sweep, sweep.points[1])
+
+
+def test_state_from_run_directory(tmp_path: Path) -> None:
+    rd = tmp_path / "r"
+    rd.mkdir()
+    assert run_state(rd).state == "pending"
+    (rd / "status.json").write_text(json.dumps({"state": "running", "epoch": 2, "epochs": 5}))
+    st = run_state(rd)
+    assert st.state == "failed" and "interrupted at epoch 2" in (st.reason or "")
+    lock = RunLock(rd)
+    assert lock.acquire("train test")
+    assert run_state(rd).state == "running"
+    lock.release()
+    (rd / "launch.json").write_text(json.dumps({"backend": "slurm", "job_id": "7_1"}))
+    assert run_state(rd, {"7_1": "PENDING"}).state == "queued"
+    assert run_state(rd, {"7_1": "RUNNING"}).state == "running"
+    assert "CANCELLED" in (run_state(rd, {"7_1": "CANCELLED"}).reason or "")
+    (rd / "status.json").write_text(json.dumps({"state": "diverged", "epoch": 2, "step": 9}))
+    assert run_state(rd, {"7_1": "RUNNING"}).state == "diverged"
+
+
+def test_truncated_metrics_line_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_lock_excludes_another_process_and_names_the_holder(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from dino_ablate.runs import RunLock
+        lock = RunLock(Path({str(tmp_path)!r}))
+        assert lock.acquire("train other")
+        print("locked", flush=True)
+        time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        lock = RunLock(tmp_path)
+        started = time.monotonic()
+        assert not lock.acquire("submit me", timeout_s=0.5)
+        assert time.monotonic() - started >= 0.5
+        info = lock.holder()
+        assert info is not None and info["pid"] == holder.pid and info["purpose"] == "train other"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock dies with its process: no stale lock
+    assert lock.acquire("submit me", timeout_s=2)
+    assert lock.holder() is not None  # held by us now
+    lock.release()
+    assert lock.holder() is None
