@@ -308,14 +308,14 @@ def _short_labels(keys: Sequence[str]) -> dict[str, str]:
 
 def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
     """8 hex digits of sha256 over the config without the non-semantic keys."""
-    trimmed = _copy_tree(dict(cfg_dict))
+    trimmed = dict(cfg_dict)
     for key in NON_SEMANTIC_KEYS:
         parent, _, leaf = key.rpartition(".")
-        node = trimmed
-        for part in parent.split(".") if parent else []:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        section = trimmed.get(parent) if parent else None
+        if isinstance(section, dict) and leaf in section:   # copy only what changes
+            trimmed[parent] = {k: v for k, v in section.items() if k != leaf}
+        elif not parent:
+            trimmed.pop(leaf, None)
     text = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 

@@ -84,10 +84,28 @@ report="$(awk '
       port = "?"
       if (match(line, /port=htons\([0-9]+\)/)) port = substr(line, RSTART + 11, RLENGTH - 12)
       kind = this_host(addr) ? "HOST" : "FAR"
-      seen[kind " " call " " addr " port " port "  by " ((tid in prog) ? prog[tid] : "?")]++
+      note = ""
+      # The kernel refused the call before anything left (no route, e.g. Chromium'"'"'s UDP
+      # probe of IPv6 reachability in the sandbox, which has no IPv6 route): nothing was sent.
+      if (line ~ /= -1 ENETUNREACH/) { kind = "HOST"; note = " (ENETUNREACH: nothing sent)" }
+      what = call " " addr " port " port
+      who = "  by " ((tid in prog) ? prog[tid] : "?")
+      if (line ~ /<unfinished \.\.\.>$/ && kind == "FAR") {
+        pending[tid] = what SUBSEP who   # the result arrives on a later "resumed" line
+        next
+      }
+      seen[kind " " what note who]++
+      next
+    }
+    if (line ~ /<\.\.\. (connect|sendto|sendmsg|sendmmsg) resumed>/ && (tid in pending)) {
+      split(pending[tid], parts, SUBSEP); delete pending[tid]
+      if (line ~ /= -1 ENETUNREACH/) seen["HOST " parts[1] " (ENETUNREACH: nothing sent)" parts[2]]++
+      else seen["FAR " parts[1] parts[2]]++
     }
   }
-  END { for (k in seen) printf "%s %d %s\n", substr(k, 1, index(k, " ") - 1), seen[k], substr(k, index(k, " ") + 1) }
+  END {
+    for (t in pending) { split(pending[t], parts, SUBSEP); seen["FAR " parts[1] parts[2]]++ }
+    for (k in seen) printf "%s %d %s\n", substr(k, 1, index(k, " ") - 1), seen[k], substr(k, index(k, " ") + 1) }
 ' "$trace")"
 far="$(sed -n 's/^FAR //p' <<<"$report" | sort -rn | awk '{printf "%7d  ", $1; $1 = ""; print substr($0, 2)}')"
 this_host="$(sed -n 's/^HOST //p' <<<"$report" | sort -rn | awk '{printf "%7d  ", $1; $1 = ""; print substr($0, 2)}')"

@@ -227,7 +227,7 @@ class RayBackend:
             tuner = tune.Tuner(
                 tune.with_resources(run_point_trial, resources),
                 param_space={"run": tune.grid_search(specs)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=max_parallel or 0,
+                tune_config=tune.TuneConfig(max_concurrent_trials=max_parallel,
                                             reuse_actors=False,
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(

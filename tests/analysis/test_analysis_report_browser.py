@@ -76,6 +76,11 @@ def _check_in_browser(page: Path, profile: Path) -> tuple[dict[str, Any], str]:
         str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
         "--no-first-run", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        # No DNS at all: the page is a file:// URL with data: images; without these Chromium
+        # still resolves hosts and tries DNS-over-HTTPS at start (seen under strace).
+        "--host-resolver-rules=MAP * ~NOTFOUND", "--dns-over-https-mode=off",
+        "--disable-features=AsyncDns,DnsOverHttps,OptimizationHints,MediaRouter,Translate",
+        "--disable-domain-reliability", "--no-pings", "--no-default-browser-check",
         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
         "--dump-dom", page.as_uri(),
     ]

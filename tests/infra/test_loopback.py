@@ -48,6 +48,7 @@ def _run_check(project: Path, test_body: str) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [CHECK_LOOPBACK, "-q", "-p", "no:cacheprovider", "test_probe.py"],
         cwd=project,
+        env={**os.environ, "LOOPBACK_TRACE": str(project / "strace.out")},
         capture_output=True,
         text=True,
         timeout=120,

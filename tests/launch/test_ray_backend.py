@@ -38,3 +38,73 @@ def test_local_smoke_on_ray_with_a_ddp_point(ray_cluster: Any, tmp_path: Path) -
     again = cli("sweep", str(LOCAL_SMOKE), "--backend", "ray", "--out", str(out),
                 "--address", address)
     assert "0 launched, 3 skipped" in again.stdout, again.stdout
+
+
+def _pids_with(fragment: str) -> dict[int, int]:
+    """pid -> parent pid of every process whose command line contains `fragment`."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fragment in cmdline and "dino_ablate train" in cmdline:
+            found[int(proc.name)] = int(stat[1])
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_killed_trial_worker_retries_from_checkpoint(ray_cluster: Any, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT, one_point_sweep
+
+    address = ray_cluster.context.address_info["gcs_address"]
+    epochs = 30
+    file = one_point_sweep(tmp_path / "raykill.yaml", "raykill", epochs)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "dino_ablate", "sweep", str(file),
+                               "--backend", "ray", "--out", str(out), "--address", address],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    sweep_dir = out / "raykill" / "local"
+    try:
+        deadline = time.monotonic() + 300
+        run_dir = None
+        while time.monotonic() < deadline:
+            runs = list((sweep_dir / "runs").glob("*")) if (sweep_dir / "runs").exists() else []
+            if runs and (runs[0] / "metrics.jsonl").exists() \
+                    and len(metrics_epochs(runs[0])) >= 3:
+                run_dir = runs[0]
+                break
+            assert driver.poll() is None, driver.communicate()[0]
+            time.sleep(0.5)
+        assert run_dir is not None, "the trial never reached epoch 3"
+        ranks = _pids_with(str(run_dir))
+        assert len(ranks) == 1, ranks
+        (rank, worker), = ranks.items()
+        os.kill(worker, signal.SIGKILL)  # the Ray worker running the trial
+        time.sleep(3)
+        assert not _alive(rank), "the trainer outlived its Ray worker"
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, output
+    assert metrics_epochs(run_dir) == list(range(1, epochs + 1))
+    log_text = (sweep_dir / "ray" / "logs" / f"{run_dir.name}.log").read_text()
+    assert "resuming" in log_text, log_text[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "done"

@@ -125,3 +125,24 @@ def test_concurrent_submissions_run_every_point_once(slurm_cluster: Any, tmp_pat
     assert {r["state"] for r in rows.values()} == {"done"}, rows
     for run_id in rows:
         assert metrics_epochs(sweep_dir / "runs" / run_id) == [1, 2, 3]
+
+
+def test_cancelled_task_is_named_and_resubmission_finishes_it(
+        slurm_cluster: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out),
+        "--max-parallel", "1")
+    sweep_dir = out / "local_smoke" / "local"
+    rows = status(sweep_dir)
+    victim = next(r for r in rows.values() if "sinkhorn" in r["run_id"])
+    subprocess.run(["scancel", victim["job_id"]], check=True)
+    rows = wait_for(sweep_dir, all_final, 600, "the other runs to finish")
+    states = {r["run_id"]: r["state"] for r in rows.values()}
+    assert states.pop(victim["run_id"]) == "failed", rows
+    assert set(states.values()) == {"done"}, rows
+    assert "CANCELLED" in (rows[victim["run_id"]]["reason"] or ""), rows
+    again = cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out))
+    assert "1 launched, 2 skipped" in again.stdout, again.stdout
+    rows = wait_for(sweep_dir, all_final, 600, "the resubmitted run to finish")
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    assert metrics_epochs(sweep_dir / "runs" / victim["run_id"]) == [1, 2, 3]
