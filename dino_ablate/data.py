@@ -213,8 +213,9 @@ class FolderData:
                 skip: int) -> Iterator[list[torch.Tensor]]:
         from torch.utils.data import DataLoader, DistributedSampler
 
-        sampler: DistributedSampler[Any] = DistributedSampler(self.train_set, num_replicas=world, rank=rank,
-                                     shuffle=True, seed=seed, drop_last=True)
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+            drop_last=True)
         sampler.set_epoch(epoch)
         workers = self.cfg.num_workers
         loader = DataLoader(self.train_set, batch_size=batch_size // world, sampler=sampler,

@@ -225,6 +225,13 @@ def job_active(job_state: str | None) -> bool:
     return job_state is not None and (job_state in SLURM_QUEUED or job_state in SLURM_RUNNING)
 
 
+def _job_end(job_id: Any, job_state: str) -> str:
+    if job_state == "GONE":
+        return (f"job {job_id} is gone from SLURM (cancelled while pending, or purged after "
+                "MinJobAge)")
+    return f"job {job_id} ended ({job_state})"
+
+
 def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> RunState:
     """Combine status.json, the lock, and the scheduler's view of the recorded job.
 
@@ -250,12 +257,12 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
     elif trained == "running":
         # the trainer said running but nobody is executing it any more
         state = "failed"
-        ended = f"job {job_id} ended ({job_state})" if job_id and job_state else \
+        ended = _job_end(job_id, job_state) if job_id and job_state else \
             "no live process or job holds it"
         reason = f"interrupted at epoch {status.get('epoch')}: {ended}; resubmit to resume"
     elif job_id and job_state and not job_active(job_state):
         state = "failed"
-        reason = f"job {job_id} ended ({job_state}) before training started"
+        reason = f"{_job_end(job_id, job_state)} before training started; resubmit to run it"
     else:
         state = "pending"
     epoch = status.get("epoch")

@@ -13,7 +13,6 @@ The full format is documented in ``docs/sweeps.md``.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -28,13 +27,10 @@ from typing import Any
 from dino_ablate import config as cfgmod
 from dino_ablate.config import RunConfig
 from dino_ablate.errors import ConfigError
+from dino_ablate.resources import Resources, parse_resources
 
 #: sweep names, profile names: used in run ids, job names and paths, so no shell metacharacters.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: SLURM partition / account / qos names.
-SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-#: SLURM feature constraints also use the operators & | [ ] * ( ) ! , : (sbatch --constraint).
-SLURM_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.,&|\[\]*()!:-]{1,256}$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 TOP_KEYS = ("name", "description", "base", "output_dir", "default_profile", "profiles", "grid",
@@ -45,57 +41,6 @@ PROFILE_KEYS = ("config", "resources")
 #: computes (the data root differs between clusters holding the same ImageNet).
 NON_SEMANTIC_KEYS = ("data.root", "data.num_workers", "runtime.threads",
                      "runtime.log_every_steps")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one run needs from the scheduler. Nothing here is hard-coded elsewhere."""
-
-    nodes: int = 1
-    gpus_per_node: int = 0
-    tasks_per_node: int | None = None
-    cpus_per_task: int = 1
-    mem_gb: float | None = None
-    time_min: int = 60
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    signal_delay_s: int = 120
-    max_requeues: int = 100
-
-    @property
-    def tasks(self) -> int:
-        """Tasks (ranks) per node: one per GPU, else `tasks_per_node` (CPU DDP), else 1."""
-        if self.tasks_per_node is not None:
-            return self.tasks_per_node
-        return self.gpus_per_node if self.gpus_per_node > 0 else 1
-
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.tasks
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-_RESOURCE_RULES: dict[str, tuple[tuple[type, ...], bool, str]] = {
-    # key: (types, nullable, what is allowed)
-    "nodes": ((int,), False, "an integer >= 1"),
-    "gpus_per_node": ((int,), False, "an integer >= 0"),
-    "tasks_per_node": ((int,), True, "an integer >= 1 or null (= gpus_per_node, or 1 on CPU)"),
-    "cpus_per_task": ((int,), False, "an integer >= 1"),
-    "mem_gb": ((int, float), True, "a number > 0 (GB per node) or null"),
-    "time_min": ((int,), False, "an integer >= 1 (minutes)"),
-    "partition": ((str,), True, "a SLURM name [A-Za-z0-9_.-] or null"),
-    "account": ((str,), True, "a SLURM name [A-Za-z0-9_.-] or null"),
-    "qos": ((str,), True, "a SLURM name [A-Za-z0-9_.-] or null"),
-    "constraint": ((str,), True, "a SLURM constraint [A-Za-z0-9_.,&|[]*()!:-] or null"),
-    "signal_delay_s": ((int,), False, "an integer >= 0 (seconds before the time limit)"),
-    "max_requeues": ((int,), False, "an integer >= 0"),
-}
-_RESOURCE_MIN = {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task": 1,
-                 "time_min": 1, "signal_delay_s": 0, "max_requeues": 0}
 
 
 @dataclass(frozen=True)
@@ -221,46 +166,6 @@ def _check_axis_values(source: str, path: str, values: Any, unique: bool = True)
     return values
 
 
-def parse_resources(raw: Any, source: str, where: str,
-                    start: Resources | None = None) -> Resources:
-    """Validate a `resources` mapping, applied over `start` (defaults when None)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise _fail(source, where, f"{raw!r} must be a mapping of resource keys")
-    valid = list(_RESOURCE_RULES)
-    values = dataclasses.asdict(start or Resources())
-    given: dict[str, Any] = dict(raw)
-    value: Any
-    for key, value in given.items():
-        if key not in _RESOURCE_RULES:
-            raise _unknown_key(source, where, key, valid)
-        path = f"{where}.{key}"
-        types_, nullable, allowed = _RESOURCE_RULES[key]
-        if value is None:
-            if not nullable:
-                raise _fail(source, path, f"null is not allowed; expected {allowed}")
-            values[key] = None
-            continue
-        if isinstance(value, bool) or not any(isinstance(value, t) for t in types_):
-            raise _fail(source, path, f"{value!r} is not allowed; expected {allowed}")
-        if key in _RESOURCE_MIN and value < _RESOURCE_MIN[key]:
-            raise _fail(source, path, f"{value!r} is out of range; expected {allowed}")
-        if key == "mem_gb" and not (value > 0 and math.isfinite(value)):
-            raise _fail(source, path, f"{value!r} is out of range; expected {allowed}")
-        if key in ("partition", "account", "qos") and not SLURM_NAME_RE.match(value):
-            raise _fail(source, path, f"{value!r} is not allowed; expected {allowed} (shell "
-                        "metacharacters and spaces are refused)")
-        if key == "constraint" and not SLURM_CONSTRAINT_RE.match(value):
-            raise _fail(source, path, f"{value!r} is not allowed; expected {allowed}")
-        values[key] = value
-    res = Resources(**values)
-    if res.gpus_per_node > 0 and res.tasks_per_node not in (None, res.gpus_per_node):
-        raise _fail(source, f"{where}.tasks_per_node", f"{res.tasks_per_node} differs from "
-                    f"gpus_per_node {res.gpus_per_node}; allowed: one task per GPU")
-    return res
-
-
 def _match_mapping(source: str, where: str, raw: Any, axis_values: Mapping[str, list[Any]]
                    ) -> dict[str, Any]:
     """A `match:` selector: axis keys to one of their values."""
@@ -375,60 +280,9 @@ def _base_config(raw: dict[str, Any], file: Path, source: str) -> dict[str, Any]
     raise _fail(source, "base", f"{base!r} must be a config path or a mapping")
 
 
-def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
-    """Read, expand and validate a sweep file for one profile. Raises ConfigError."""
-    file = Path(file)
-    source = str(file)
-    raw = read_sweep_file(file)
-    for key in raw:
-        if key not in TOP_KEYS:
-            raise _unknown_key(source, "", key, TOP_KEYS)
-
-    name = raw.get("name", file.stem)
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise _fail(source, "name", f"{name!r} is not allowed; a name must match "
-                    "[A-Za-z0-9][A-Za-z0-9_.-]{0,63} (no spaces or shell metacharacters)")
-    description = raw.get("description") or ""
-    if not isinstance(description, str):
-        raise _fail(source, "description", f"{description!r} must be a string")
-
-    base = _base_config(raw, file, source)
-
-    profiles_raw = raw.get("profiles") or {}
-    if not isinstance(profiles_raw, Mapping) or not profiles_raw:
-        raise _fail(source, "profiles", "must be a non-empty mapping of profile names (e.g. "
-                    "paper, local) to {config, resources}")
-    for pname, pbody in profiles_raw.items():
-        if not isinstance(pname, str) or not NAME_RE.match(pname):
-            raise _fail(source, f"profiles.{pname}", "a profile name must match "
-                        "[A-Za-z0-9][A-Za-z0-9_.-]*")
-        if not isinstance(pbody, Mapping):
-            raise _fail(source, f"profiles.{pname}", f"{pbody!r} must be a mapping with "
-                        "`config` and `resources`")
-        for key in pbody:
-            if key not in PROFILE_KEYS:
-                raise _unknown_key(source, f"profiles.{pname}", key, PROFILE_KEYS)
-        if pbody.get("config") is not None and not isinstance(pbody["config"], Mapping):
-            raise _fail(source, f"profiles.{pname}.config", "must be a mapping of config keys")
-    default_profile = raw.get("default_profile")
-    if default_profile is not None and default_profile not in profiles_raw:
-        raise _fail(source, "default_profile", f"{default_profile!r} is not a profile; "
-                    f"allowed: {', '.join(profiles_raw)}")
-    profile = profile or default_profile or next(iter(profiles_raw))
-    if profile not in profiles_raw:
-        close = difflib.get_close_matches(str(profile), list(profiles_raw), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"--profile {profile!r}: no such profile{hint} Profiles: "
-                          f"{', '.join(profiles_raw)}", source=source, key="profiles")
-    pbody = profiles_raw[profile]
-    merged = base
-    _merge(merged, pbody.get("config") or {})
-    resources = parse_resources(pbody.get("resources"), source, f"profiles.{profile}.resources")
-
-    output_dir = check_relative_dir(raw.get("output_dir", f"{name}/{profile}"), source,
-                                    "output_dir")
-
-    # ---- axes
+def _parse_axes(raw: Mapping[str, Any], source: str
+                ) -> tuple[list[list[dict[str, Any]]], dict[str, list[Any]]]:
+    """The axes (`grid`, `zip`, `seeds`): per axis, its assignments; and each key's values."""
     axes: list[list[dict[str, Any]]] = []   # each axis: the list of its assignments
     axis_values: dict[str, list[Any]] = {}
 
@@ -489,6 +343,63 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
         axis_values["seed"] = seeds
         axes.append([{"seed": s} for s in seeds])
 
+    return axes, axis_values
+
+
+def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
+    """Read, expand and validate a sweep file for one profile. Raises ConfigError."""
+    file = Path(file)
+    source = str(file)
+    raw = read_sweep_file(file)
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _unknown_key(source, "", key, TOP_KEYS)
+
+    name = raw.get("name", file.stem)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise _fail(source, "name", f"{name!r} is not allowed; a name must match "
+                    "[A-Za-z0-9][A-Za-z0-9_.-]{0,63} (no spaces or shell metacharacters)")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise _fail(source, "description", f"{description!r} must be a string")
+
+    base = _base_config(raw, file, source)
+
+    profiles_raw = raw.get("profiles") or {}
+    if not isinstance(profiles_raw, Mapping) or not profiles_raw:
+        raise _fail(source, "profiles", "must be a non-empty mapping of profile names (e.g. "
+                    "paper, local) to {config, resources}")
+    for pname, pbody in profiles_raw.items():
+        if not isinstance(pname, str) or not NAME_RE.match(pname):
+            raise _fail(source, f"profiles.{pname}", "a profile name must match "
+                        "[A-Za-z0-9][A-Za-z0-9_.-]*")
+        if not isinstance(pbody, Mapping):
+            raise _fail(source, f"profiles.{pname}", f"{pbody!r} must be a mapping with "
+                        "`config` and `resources`")
+        for key in pbody:
+            if key not in PROFILE_KEYS:
+                raise _unknown_key(source, f"profiles.{pname}", key, PROFILE_KEYS)
+        if pbody.get("config") is not None and not isinstance(pbody["config"], Mapping):
+            raise _fail(source, f"profiles.{pname}.config", "must be a mapping of config keys")
+    default_profile = raw.get("default_profile")
+    if default_profile is not None and default_profile not in profiles_raw:
+        raise _fail(source, "default_profile", f"{default_profile!r} is not a profile; "
+                    f"allowed: {', '.join(profiles_raw)}")
+    profile = profile or default_profile or next(iter(profiles_raw))
+    if profile not in profiles_raw:
+        close = difflib.get_close_matches(str(profile), list(profiles_raw), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"--profile {profile!r}: no such profile{hint} Profiles: "
+                          f"{', '.join(profiles_raw)}", source=source, key="profiles")
+    pbody = profiles_raw[profile]
+    merged = base
+    _merge(merged, pbody.get("config") or {})
+    resources = parse_resources(pbody.get("resources"), source, f"profiles.{profile}.resources")
+
+    output_dir = check_relative_dir(raw.get("output_dir", f"{name}/{profile}"), source,
+                                    "output_dir")
+
+    axes, axis_values = _parse_axes(raw, source)
     varied_keys = tuple(k for k, v in axis_values.items() if len(v) > 1)
     labels = _short_labels(varied_keys)
 

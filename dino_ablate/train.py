@@ -142,12 +142,8 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         cfg.runtime.precision == "bf16"
         or (cfg.runtime.precision == "auto" and device.type == "cuda")) else None
 
-    rd = prepare_run_dir(cfg, run_dir)
-    status = rd.status()
-    if status and status.get("state") in ("done", "diverged"):
-        log.info("%s is already %s; nothing to do", run_dir, status["state"])
-        return str(status["state"])
-
+    # The data first: a missing data folder is a config error, raised before the run directory
+    # exists.
     data = load_data(cfg.data, device)
     batch = cfg.optim.batch_size
     steps_per_epoch = data.steps_per_epoch(batch)
@@ -155,6 +151,12 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         raise ConfigError(f"optim.batch_size: {batch} exceeds the {data.num_train} training "
                           "images; allowed: at most the training set size",
                           key="optim.batch_size")
+    rd = prepare_run_dir(cfg, run_dir)
+    status = rd.status()
+    if status and status.get("state") in ("done", "diverged"):
+        log.info("%s is already %s; nothing to do", run_dir, status["state"])
+        return str(status["state"])
+
     sched = Schedules(cfg, steps_per_epoch)
     state = build_state(cfg, data.channels, device, autocast_dtype)
     student, teacher, optimizer, center = (state.student, state.teacher, state.optimizer,

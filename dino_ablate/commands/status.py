@@ -44,7 +44,10 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     if slurm_ids:
         from dino_ablate.launch.slurm import query_job_states
 
-        job_states = query_job_states(slurm_ids)
+        try:
+            job_states = query_job_states(slurm_ids)
+        except RuntimeError as exc:  # no SLURM here: show what the run directories say
+            print(f"warning: {exc}; SLURM job states unknown", file=sys.stderr)
     rows = []
     for run_id in run_ids + extra:
         st = run_state(run_dir_of(sweep_dir, run_id), job_states)

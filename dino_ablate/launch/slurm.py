@@ -157,11 +157,18 @@ def _expand(job_id: str) -> list[str]:
     return out
 
 
-def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
-    """State of each job id (`123`, `123_4`) from squeue, then sacct for the ones squeue forgot.
+#: pseudo-state of a job SLURM no longer knows: an array element cancelled while still part of
+#: its pending array record leaves no record at all, and finished jobs are purged after
+#: MinJobAge.
+GONE = "GONE"
 
-    Arguments go to squeue/sacct as a list (no shell). Ids squeue and sacct both do not know are
-    left out of the result.
+
+def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """State of each job id (`123`, `123_4`): squeue, then sacct for what squeue forgot.
+
+    Arguments go to squeue/sacct as a list (no shell). An id neither knows is reported as
+    :data:`GONE`. Raises RuntimeError when squeue itself fails: deciding what to resubmit from
+    a blind scheduler query would run points twice.
     """
     wanted = sorted({str(j) for j in job_ids if j})
     if not wanted:
@@ -169,11 +176,14 @@ def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
     mains = sorted({j.split("_")[0] for j in wanted})
     states: dict[str, str] = {}
     try:
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(mains), "-o", "%i|%T"],
-                             capture_output=True, text=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    for line in out.splitlines():
+        proc = subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(mains), "-o",
+                               "%i|%T"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"squeue failed: {exc}") from exc
+    # squeue exits 1 with "Invalid job id specified" when none of the ids is known any more
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+        raise RuntimeError(f"squeue failed ({proc.returncode}): {proc.stderr.strip()}")
+    for line in proc.stdout.splitlines():
         jid, _, state = line.strip().partition("|")
         for one in _expand(jid):
             states[one] = state.strip()
@@ -184,7 +194,7 @@ def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
         for jid in sorted({j.split("_")[0] for j in missing}):
             cmd += ["-j", jid]
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
                                  check=False).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""
@@ -194,4 +204,4 @@ def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
             if jid and jid != "JobID" and "." not in jid:
                 for one in _expand(jid):
                     states.setdefault(one, state)
-    return {j: states[j] for j in wanted if j in states}
+    return {j: states.get(j, GONE) for j in wanted}

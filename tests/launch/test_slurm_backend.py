@@ -140,7 +140,9 @@ def test_cancelled_task_is_named_and_resubmission_finishes_it(
     states = {r["run_id"]: r["state"] for r in rows.values()}
     assert states.pop(victim["run_id"]) == "failed", rows
     assert set(states.values()) == {"done"}, rows
-    assert "CANCELLED" in (rows[victim["run_id"]]["reason"] or ""), rows
+    # cancelled while pending inside its array record: SLURM keeps no record of it at all
+    reason = rows[victim["run_id"]]["reason"] or ""
+    assert "CANCELLED" in reason or "gone from SLURM" in reason, rows
     again = cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out))
     assert "1 launched, 2 skipped" in again.stdout, again.stdout
     rows = wait_for(sweep_dir, all_final, 600, "the resubmitted run to finish")

@@ -68,6 +68,8 @@ def test_state_from_run_directory(tmp_path: Path) -> None:
     assert run_state(rd, {"7_1": "PENDING"}).state == "queued"
     assert run_state(rd, {"7_1": "RUNNING"}).state == "running"
     assert "CANCELLED" in (run_state(rd, {"7_1": "CANCELLED"}).reason or "")
+    gone = run_state(rd, {"7_1": "GONE"})
+    assert gone.state == "failed" and "gone from SLURM" in (gone.reason or "")
     (rd / "status.json").write_text(json.dumps({"state": "diverged", "epoch": 2, "step": 9}))
     assert run_state(rd, {"7_1": "RUNNING"}).state == "diverged"
 
