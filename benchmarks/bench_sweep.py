@@ -100,14 +100,16 @@ def bench_ray(trials: int) -> None:
 
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         bare = []
-        for i, point in enumerate(sweep.points):
+        # the first run warms the file cache and is not counted
+        for i, point in enumerate([sweep.points[0], *sweep.points]):
             cfg = tmp_path / f"bare{i}.yaml"
             cfg.write_text(yaml.safe_dump(to_dict(point.config)))
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "dino_ablate", "-q", "train", str(cfg),
                             "--out", str(tmp_path / f"bare{i}")], check=True, env=env,
                            capture_output=True)
-            bare.append(time.perf_counter() - started)
+            if i:
+                bare.append(time.perf_counter() - started)
 
         ray_tmp = Path(tempfile.mkdtemp(prefix="dray-", dir="/tmp"))
         started = time.perf_counter()
@@ -121,13 +123,14 @@ def bench_ray(trials: int) -> None:
             ray.shutdown()
             subprocess.run(["rm", "-rf", str(ray_tmp)], check=False)
         assert not result.outcome.failed, result.outcome.failed
-        mean_bare = sum(bare) / len(bare)
-        overhead = (fit - sum(bare)) / trials
-        print(f"bare `dino-ablate train` of one point: {mean_bare:.1f} s "
+        median_bare = sorted(bare)[len(bare) // 2]
+        per_trial = fit / trials
+        print(f"bare `dino-ablate train` of one point: median {median_bare:.1f} s "
               f"({', '.join(f'{b:.1f}' for b in bare)})")
-        print(f"ray backend, {trials} trial(s) one at a time: {fit:.1f} s -> overhead "
-              f"{overhead:.1f} s per trial beyond the bare train (Ray start-up {ray_start:.1f} s "
-              "not included)")
+        print(f"ray backend, {trials} trial(s) one at a time: {fit:.1f} s = {per_trial:.1f} s per "
+              f"trial -> overhead {per_trial - median_bare:+.1f} s per trial beyond the bare "
+              f"train (Ray start-up {ray_start:.1f} s not included; load average "
+              f"{os.getloadavg()[0]:.1f})")
 
 
 def main() -> None:
@@ -135,7 +138,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=10, help="values per axis (4 axes)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ray-trials", type=int, default=2)
+    parser.add_argument("--ray-trials", type=int, default=3)
     parser.add_argument("--skip-ray", action="store_true")
     args = parser.parse_args()
     bench_expansion(args.side, args.repeats)

@@ -119,6 +119,25 @@ class MultiCropNetwork(nn.Module):
         return out
 
 
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch timm's attention blocks between fused SDPA and the plain matmul path.
+
+    Returns how many attention modules were switched. Both paths compute the same function.
+    """
+    count = 0
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = enabled
+            count += 1
+    return count
+
+
+def num_tokens(model_cfg: ModelConfig, crop_size: int) -> int:
+    """Patch tokens + [CLS] of a crop (padded to a multiple of the patch)."""
+    side = -(-crop_size // model_cfg.patch_size)
+    return side * side + 1
+
+
 def build_networks(model_cfg: ModelConfig, head_cfg: HeadConfig, img_size: int,
                    in_chans: int) -> tuple[MultiCropNetwork, MultiCropNetwork]:
     """Student (drop-path, predictor) and teacher (no drop-path) starting from equal weights."""

@@ -21,7 +21,8 @@ from dino_ablate import checkpoint, dist, faults
 from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
 from dino_ablate.data import load_data
 from dino_ablate.knn import knn_accuracy
-from dino_ablate.model import MultiCropNetwork, build_networks, teacher_pairs
+from dino_ablate.model import (MultiCropNetwork, build_networks, num_tokens,
+                               set_fused_attention, teacher_pairs)
 from dino_ablate.rundir import RunDir
 from dino_ablate.schedules import Schedules
 from dino_ablate.step import TrainState, param_groups, train_step
@@ -109,13 +110,18 @@ def build_state(cfg: RunConfig, channels: int, device: torch.device,
     student, teacher = build_networks(cfg.model, cfg.head, cfg.data.global_crop_size, channels)
     student.to(device)
     teacher.to(device)
+    fused = cfg.runtime.fused_attention == "on" or (
+        cfg.runtime.fused_attention == "auto"
+        and (device.type == "cuda" or num_tokens(cfg.model, cfg.data.global_crop_size) > 64))
+    set_fused_attention(student, fused)
+    set_fused_attention(teacher, fused)
     if cfg.runtime.compile:
         # In place (nn.Module.compile), so state_dict keys stay those of the plain modules.
         student.backbone.compile()
         teacher.backbone.compile()
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, fused=fused,
-                                  foreach=None if fused else True)
+    fused_adamw = device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(student), lr=0.0, fused=fused_adamw,
+                                  foreach=None if fused_adamw else True)
     center = torch.zeros(1, cfg.head.out_dim, device=device)
     s_params, t_params = teacher_pairs(student, teacher)
     rule = make_teacher_rule(cfg.teacher.update, s_params, t_params)

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     sweep_dir = resolve_sweep_dir(sweep, output_root(args.out))
     if args.max_parallel is not None and args.max_parallel < 1:
         raise ConfigError(f"--max-parallel: {args.max_parallel} must be >= 1")
+    if args.max_retries < 0:
+        raise ConfigError(f"--max-retries: {args.max_retries} must be >= 0")
     if args.dry_run:
         print_table(sweep, sweep_dir, sys.stdout)
         return 0

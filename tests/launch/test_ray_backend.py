@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import LOCAL_SMOKE, cli, metrics_epochs, status
+from launch_helpers import LOCAL_SMOKE, cli, metrics_epochs, status
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -69,7 +69,7 @@ def test_killed_trial_worker_retries_from_checkpoint(ray_cluster: Any, tmp_path:
     import sys
     import time
 
-    from helpers import ROOT, one_point_sweep
+    from launch_helpers import ROOT, one_point_sweep
 
     address = ray_cluster.context.address_info["gcs_address"]
     epochs = 30

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import (
+from launch_helpers import (
     LOCAL_SMOKE,
     all_final,
     cli,
@@ -108,7 +108,7 @@ def test_concurrent_submissions_run_every_point_once(slurm_cluster: Any, tmp_pat
     import os
     import sys
 
-    from helpers import ROOT
+    from launch_helpers import ROOT
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "dino_ablate", *args], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
