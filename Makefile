@@ -14,9 +14,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import dino_ablate, analysis, torch, timm, ray, submitit"
 	touch $(STAMP)
 
-# The main job on the embedded default (scikit-learn's digits), on this CPU.
+# The main job on the embedded default: the `local` profiles (scikit-learn's digits, CPU) of the
+# collapse study (Fig. 7) and the teacher-update study (Fig. 6) on a private Ray on this machine,
+# then one HTML report per study. Finished runs are skipped, so running it again is cheap.
+DEMO_SWEEPS := centering_sharpening teacher_update
 demo: $(STAMP)
-	$(BIN)/dino-ablate train digits --out $(OUT)/digits
+	@for s in $(DEMO_SWEEPS); do \
+	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(OUT) || exit 1; \
+	done
+	@for s in $(DEMO_SWEEPS); do \
+	  $(BIN)/dino-ablate -q report $(OUT)/$$s/local || exit 1; \
+	  $(BIN)/dino-ablate -q table $(OUT)/$$s/local || exit 1; \
+	done
+	@echo "demo done: open $(OUT)/centering_sharpening/local/analysis/report.html and $(OUT)/teacher_update/local/analysis/report.html"
+
+# The `local` profile of every ablation sweep (issue 4) on a private Ray on this machine, then
+# the check of the paper's qualitative outcomes over the run directories. Done runs are skipped.
+REPRO_OUT ?= $(OUT)/reproduce
+REPRO_CORE := momentum centering_sharpening teacher_update patch_size batch_size
+REPRO_MORE := components teacher_temperature output_dim center_momentum
+reproduce-local: $(STAMP)
+	@start=$$(date +%s); \
+	for s in $(REPRO_CORE); do \
+	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(REPRO_OUT) || exit 1; \
+	done; \
+	el=$$(( $$(date +%s) - start )); \
+	echo "wall time of the local profiles of files 1-5 ($(REPRO_CORE)): $$((el / 60)) min $$((el % 60)) s"
+	@for s in $(REPRO_MORE); do \
+	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(REPRO_OUT) || exit 1; \
+	done
+	$(BIN)/python tests/sweep/test_reproduction.py $(REPRO_OUT)
 
 # Lint, type check, then the whole suite inside a loopback-only network namespace under strace:
 # any connection to an address outside 127.0.0.0/8 fails the run (scripts/check_loopback.sh).
@@ -24,6 +51,7 @@ test: $(STAMP)
 	bash scripts/install_system_deps.sh
 	$(MAKE) lint
 	bash scripts/check_loopback.sh tests
+	bash scripts/netns_sandbox.sh $(BIN)/python -m pytest -q tests/infra/test_loopback.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check dino_ablate analysis tests benchmarks

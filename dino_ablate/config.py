@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import types
@@ -302,12 +303,18 @@ def _coerce(value: Any, tp: Any, path: str, meta: Mapping[str, Any], source: str
     return value
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Resolved field annotations (cached: resolving them dominates building a config)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type, raw: Any, prefix: str, source: str | None) -> Any:
     if not isinstance(raw, Mapping):
         where = prefix or "the top level"
         raise ConfigError(f"{where}: expected a mapping of keys, got {raw!r}", source=source,
                           key=prefix or None)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:

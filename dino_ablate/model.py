@@ -127,7 +127,7 @@ def set_fused_attention(model: nn.Module, enabled: bool) -> int:
     count = 0
     for module in model.modules():
         if hasattr(module, "fused_attn"):
-            module.fused_attn = enabled
+            setattr(module, "fused_attn", enabled)  # noqa: B010 - a plain bool attribute
             count += 1
     return count
 

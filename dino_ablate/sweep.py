@@ -37,10 +37,11 @@ TOP_KEYS = ("name", "description", "base", "output_dir", "default_profile", "pro
             "zip", "seeds", "baseline", "point_resources", "reference")
 PROFILE_KEYS = ("config", "resources")
 
-#: Keys left out of the run-id hash: they change where or how fast a run executes, not what it
-#: computes (the data root differs between clusters holding the same ImageNet).
-NON_SEMANTIC_KEYS = ("data.root", "data.num_workers", "runtime.threads",
-                     "runtime.log_every_steps")
+#: Left out of the run-id hash: where and how fast a run executes, not what it computes. The
+#: whole `runtime` section (device, threads, logging, kernels; the trainer's own run-directory
+#: check ignores it too) and the data root (the same ImageNet sits at different paths on
+#: different clusters). Resources and output paths are not part of the config at all.
+NON_SEMANTIC_KEYS = ("runtime", "data.root", "data.num_workers")
 
 
 @dataclass(frozen=True)
@@ -211,16 +212,38 @@ def _short_labels(keys: Sequence[str]) -> dict[str, str]:
             for k, s in zip(keys, last, strict=True)}
 
 
+_DEFAULTS: dict[str, Any] | None = None
+
+
+def _semantic_diff(values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str
+                   ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if path in NON_SEMANTIC_KEYS:
+            continue
+        default = defaults.get(key) if isinstance(defaults, Mapping) else None
+        if isinstance(value, Mapping):
+            sub = _semantic_diff(value, default if isinstance(default, Mapping) else {},
+                                 f"{path}.")
+            if sub:
+                out[key] = sub
+        elif key not in defaults or value != default:
+            out[key] = value
+    return out
+
+
 def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
-    """8 hex digits of sha256 over the config without the non-semantic keys."""
-    trimmed = dict(cfg_dict)
-    for key in NON_SEMANTIC_KEYS:
-        parent, _, leaf = key.rpartition(".")
-        section = trimmed.get(parent) if parent else None
-        if isinstance(section, dict) and leaf in section:   # copy only what changes
-            trimmed[parent] = {k: v for k, v in section.items() if k != leaf}
-        elif not parent:
-            trimmed.pop(leaf, None)
+    """8 hex digits of sha256 over what the config changes from the RunConfig defaults.
+
+    Hashing the difference from the defaults (not the full config) keeps run ids stable when
+    a new config field is added with a default that keeps the old behaviour; changing a
+    default that a point relies on does change its id, as it changes the run.
+    """
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = cfgmod.to_dict(RunConfig())
+    trimmed = _semantic_diff(cfg_dict, _DEFAULTS, "")
     text = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 

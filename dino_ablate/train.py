@@ -21,8 +21,13 @@ from dino_ablate import checkpoint, dist, faults
 from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
 from dino_ablate.data import load_data
 from dino_ablate.knn import knn_accuracy
-from dino_ablate.model import (MultiCropNetwork, build_networks, num_tokens,
-                               set_fused_attention, teacher_pairs)
+from dino_ablate.model import (
+    MultiCropNetwork,
+    build_networks,
+    num_tokens,
+    set_fused_attention,
+    teacher_pairs,
+)
 from dino_ablate.rundir import RunDir
 from dino_ablate.schedules import Schedules
 from dino_ablate.step import TrainState, param_groups, train_step
@@ -139,6 +144,9 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     info = dist.init(device.type)
     check_world_size(cfg, info.world_size)
     is_main = info.rank == 0
+    if is_main:
+        log.info("world size %d (%s), device %s, %d images per rank per step", info.world_size,
+                 info.launcher, device, cfg.optim.batch_size // info.world_size)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
     if cfg.runtime.deterministic:

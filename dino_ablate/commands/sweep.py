@@ -114,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
 
     from dino_ablate.launch.base import submit_sweep
 
-    result = submit_sweep(sweep, sweep_dir, backend, max_parallel=args.max_parallel)
+    try:
+        result = submit_sweep(sweep, sweep_dir, backend, max_parallel=args.max_parallel)
+    except RuntimeError as exc:  # the scheduler could not be asked or refused the submission
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for run_id, reason in result.skipped.items():
         print(f"skip    {run_id}: {reason}")
     for run_id in result.launched:

@@ -114,7 +114,7 @@ def test_concurrent_submissions_run_every_point_once(slurm_cluster: Any, tmp_pat
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [p.returncode for p in procs] == [0, 0], "\n----\n".join(o + e for o, e in outputs)
     sweep_dir = out / "local_smoke" / "local"
     records = _submissions(sweep_dir)
     assert len(records) == 2

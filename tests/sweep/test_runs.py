@@ -36,6 +36,21 @@ def test_semantic_hash_is_order_independent() -> None:
     assert semantic_hash({"a": 1, "b": {"c": 2}}) == semantic_hash({"b": {"c": 2}, "a": 1})
 
 
+def test_semantic_hash_ignores_defaults_runtime_and_data_root() -> None:
+    """A field added later with its default, or a runtime setting, keeps the run id."""
+    from dino_ablate.config import RunConfig, from_dict, to_dict
+
+    digits = {"dataset": "digits"}
+    base = to_dict(from_dict({"epochs": 3, "data": digits}))
+    assert semantic_hash(base) == semantic_hash({"epochs": 3, "data": digits})
+    assert semantic_hash(to_dict(RunConfig())) == semantic_hash({})
+    moved = to_dict(from_dict({"epochs": 3, "runtime": {"threads": 4, "device": "cpu"},
+                               "data": {**digits, "root": "/elsewhere", "num_workers": 2}}))
+    assert semantic_hash(moved) == semantic_hash(base)
+    assert semantic_hash(to_dict(from_dict({"epochs": 4, "data": digits}))) \
+        != semantic_hash(base)
+
+
 @pytest.mark.parametrize("bad", ["..", ".", "../x", "a/b", "", "x;y", "/abs"])
 def test_run_ids_cannot_escape_the_sweep_dir(bad: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
@@ -105,3 +120,22 @@ def test_lock_excludes_another_process_and_names_the_holder(tmp_path: Path) -> N
     assert lock.holder() is not None  # held by us now
     lock.release()
     assert lock.holder() is None
+
+
+def _rewrite_sweep_json(sweep_dir: str) -> int:
+    from dino_ablate.runs import write_sweep_json
+    sweep = load_sweep(SMOKE, "local")
+    for _ in range(100):
+        write_sweep_json(Path(sweep_dir), sweep)
+    return 0
+
+
+def test_concurrent_submitters_can_rewrite_sweep_json(tmp_path: Path) -> None:
+    """Submitters write sweep.json without a lock; a shared temporary name once made one of
+    two concurrent `dino-ablate sweep` fail with FileNotFoundError."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        assert pool.map(_rewrite_sweep_json, [str(tmp_path)] * 3) == [0, 0, 0]
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["name"] == "local_smoke"
