@@ -2,11 +2,12 @@
 
 A sweep YAML names a base run config, the axes that vary (`grid`, `zip`, `seeds`), named
 `profiles` that override the base (e.g. `paper` on ImageNet GPUs, `local` on digits CPUs) with
-their job `resources`, optional per-point resource overrides and a `reference` block with the
-paper's numbers. :func:`load_sweep` expands one profile into :class:`Point` s, each holding a
-fully resolved :class:`~dino_ablate.config.RunConfig` and a run id. Every point is validated
-before anything is created or submitted; the first bad point raises a :class:`ConfigError`
-naming the sweep file, the point, the key path, the value and what is allowed.
+their job `resources` (and, where a profile needs other points, its own axes and baseline),
+optional per-point resource overrides and a `reference` block with the paper's numbers.
+:func:`load_sweep` expands one profile into :class:`Point` s, each holding a fully resolved
+:class:`~dino_ablate.config.RunConfig` and a run id. Every point is validated before anything
+is created or submitted; the first bad point raises a :class:`ConfigError` naming the sweep
+file, the point, the key path, the value and what is allowed.
 
 The full format is documented in ``docs/sweeps.md``.
 """
@@ -35,7 +36,9 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 TOP_KEYS = ("name", "description", "base", "output_dir", "default_profile", "profiles", "grid",
             "zip", "seeds", "baseline", "point_resources", "reference")
-PROFILE_KEYS = ("config", "resources")
+#: `grid`, `zip`, `seeds` and `baseline` in a profile replace the top-level ones for it.
+AXIS_KINDS = ("grid", "zip", "seeds")
+PROFILE_KEYS = ("config", "resources", *AXIS_KINDS, "baseline")
 
 #: Left out of the run-id hash: where and how fast a run executes, not what it computes. The
 #: whole `runtime` section (device, threads, logging, kernels; the trainer's own run-directory
@@ -303,9 +306,24 @@ def _base_config(raw: dict[str, Any], file: Path, source: str) -> dict[str, Any]
     raise _fail(source, "base", f"{base!r} must be a config path or a mapping")
 
 
-def _parse_axes(raw: Mapping[str, Any], source: str
+def _axis_specs(raw: Mapping[str, Any], profile: str) -> dict[str, tuple[bool, Any, str]]:
+    """Per axis kind: (given, value, key path), from the profile where it sets that kind."""
+    pbody = raw["profiles"][profile]
+    specs = {}
+    for kind in AXIS_KINDS:
+        if kind in pbody:
+            specs[kind] = (True, pbody[kind], f"profiles.{profile}.{kind}")
+        else:
+            specs[kind] = (kind in raw, raw.get(kind), kind)
+    return specs
+
+
+def _parse_axes(specs: Mapping[str, tuple[bool, Any, str]], source: str
                 ) -> tuple[list[list[dict[str, Any]]], dict[str, list[Any]]]:
-    """The axes (`grid`, `zip`, `seeds`): per axis, its assignments; and each key's values."""
+    """The axes (`grid`, `zip`, `seeds`): per axis, its assignments; and each key's values.
+
+    `specs` gives each axis kind as (given, value, key path), see :func:`_axis_specs`.
+    """
     axes: list[list[dict[str, Any]]] = []   # each axis: the list of its assignments
     axis_values: dict[str, list[Any]] = {}
 
@@ -314,27 +332,28 @@ def _parse_axes(raw: Mapping[str, Any], source: str
             raise _fail(source, where, f"key {key!r} is already varied by another axis; a key "
                         "may appear in one axis only")
 
-    grid = raw.get("grid") or {}
+    given, grid_raw, gpath = specs["grid"]
+    grid = grid_raw or {}
     if not isinstance(grid, Mapping):
-        raise _fail(source, "grid", f"{grid!r} must be a mapping of config keys to lists")
-    if "grid" in raw and raw["grid"] is not None and not grid:
-        raise _fail(source, "grid", "empty mapping; remove it or give at least one axis")
+        raise _fail(source, gpath, f"{grid!r} must be a mapping of config keys to lists")
+    if given and grid_raw is not None and not grid:
+        raise _fail(source, gpath, "empty mapping; remove it or give at least one axis")
     for key, values in grid.items():
-        key = _check_axis_key(source, "grid", key)
-        claim(key, f"grid.{key}")
-        vals = _check_axis_values(source, f"grid.{key}", values)
+        key = _check_axis_key(source, gpath, key)
+        claim(key, f"{gpath}.{key}")
+        vals = _check_axis_values(source, f"{gpath}.{key}", values)
         axis_values[key] = vals
         axes.append([{key: v} for v in vals])
 
-    zip_raw = raw.get("zip")
+    _, zip_raw, zpath = specs["zip"]
     groups: list[Any] = []
     if zip_raw is not None:
         groups = [zip_raw] if isinstance(zip_raw, Mapping) else zip_raw
         if not isinstance(groups, list) or not groups:
-            raise _fail(source, "zip", f"{zip_raw!r} must be a mapping of keys to equal-length "
-                        "lists, or a list of such mappings")
+            raise _fail(source, zpath, f"{zip_raw!r} must be a mapping of keys to "
+                        "equal-length lists, or a list of such mappings")
     for gi, group in enumerate(groups):
-        where = f"zip[{gi}]" if isinstance(zip_raw, list) else "zip"
+        where = f"{zpath}[{gi}]" if isinstance(zip_raw, list) else zpath
         if not isinstance(group, Mapping) or not group:
             raise _fail(source, where, f"{group!r} must be a non-empty mapping of keys to lists")
         lengths: dict[str, int] = {}
@@ -355,18 +374,36 @@ def _parse_axes(raw: Mapping[str, Any], source: str
                             f"({row}); every point must be distinct")
         axes.append([{k: group[k][i] for k in group} for i in range(n)])
 
-    seeds = raw.get("seeds")
+    _, seeds, spath = specs["seeds"]
     if seeds is not None:
         if "seed" in axis_values:
-            raise _fail(source, "seeds", "`seed` is already varied by another axis")
-        seeds = _check_axis_values(source, "seeds", seeds)
+            raise _fail(source, spath, "`seed` is already varied by another axis")
+        seeds = _check_axis_values(source, spath, seeds)
         for i, s in enumerate(seeds):
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise _fail(source, f"seeds[{i}]", f"{s!r} must be an integer >= 0")
+                raise _fail(source, f"{spath}[{i}]", f"{s!r} must be an integer >= 0")
         axis_values["seed"] = seeds
         axes.append([{"seed": s} for s in seeds])
 
     return axes, axis_values
+
+
+def _union_values(per_profile: Mapping[str, Mapping[str, list[Any]]],
+                  profiles: Sequence[str] | None = None) -> dict[str, list[Any]]:
+    """Each axis key's values over the given profiles (all when None), first seen first.
+
+    Selectors (`baseline`, `point_resources`, `reference`) are checked against this union: a
+    selector naming values of another profile's axes matches nothing in this profile, which is
+    not an error; one that fits no profile is.
+    """
+    union: dict[str, list[Any]] = {}
+    for name, values in per_profile.items():
+        if profiles is not None and name not in profiles:
+            continue
+        for key, vals in values.items():
+            seen = union.setdefault(key, [])
+            seen.extend(v for v in vals if v not in seen)
+    return union
 
 
 def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
@@ -404,6 +441,10 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
                 raise _unknown_key(source, f"profiles.{pname}", key, PROFILE_KEYS)
         if pbody.get("config") is not None and not isinstance(pbody["config"], Mapping):
             raise _fail(source, f"profiles.{pname}.config", "must be a mapping of config keys")
+    # Every profile's axes are checked whichever profile is expanded, as the top-level ones are.
+    profile_axes = {pname: _parse_axes(_axis_specs(raw, pname), source)
+                    for pname in profiles_raw}
+    all_values = {pname: values for pname, (_, values) in profile_axes.items()}
     default_profile = raw.get("default_profile")
     if default_profile is not None and default_profile not in profiles_raw:
         raise _fail(source, "default_profile", f"{default_profile!r} is not a profile; "
@@ -422,15 +463,22 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
     output_dir = check_relative_dir(raw.get("output_dir", f"{name}/{profile}"), source,
                                     "output_dir")
 
-    axes, axis_values = _parse_axes(raw, source)
+    axes, axis_values = profile_axes[profile]
     varied_keys = tuple(k for k, v in axis_values.items() if len(v) > 1)
     labels = _short_labels(varied_keys)
 
     # ---- per-point resource overrides and the reference block
-    overrides = _parse_point_resources(raw.get("point_resources"), source, axis_values,
-                                       tuple(profiles_raw))
-    references = _parse_reference(raw.get("reference"), source, axis_values)
-    baseline_sel = _match_mapping(source, "baseline", raw.get("baseline"), axis_values)
+    overrides = _parse_point_resources(raw.get("point_resources"), source, all_values)
+    references = _parse_reference(raw.get("reference"), source, all_values)
+    for pname, pbody_ in profiles_raw.items():
+        if "baseline" in pbody_:
+            _match_mapping(source, f"profiles.{pname}.baseline", pbody_["baseline"],
+                           all_values[pname])
+    baseline_sel = _match_mapping(source, "baseline", raw.get("baseline"),
+                                  _union_values(all_values))
+    if "baseline" in pbody:
+        baseline_sel = _match_mapping(source, f"profiles.{profile}.baseline",
+                                      pbody["baseline"], axis_values)
 
     # ---- expansion
     points: list[Point] = []
@@ -469,8 +517,8 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
         seen[run_id] = index
         ref: dict[str, float] = {}
         ref_source: str | None = None
-        for sel, metrics, src in references:
-            if _matches(sel, assignment):
+        for sel, profs, metrics, src in references:
+            if (profs is None or profile in profs) and _matches(sel, assignment):
                 ref.update(metrics)
                 ref_source = src or ref_source
         if baseline_sel and _matches(baseline_sel, assignment):
@@ -483,8 +531,19 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
                  points=tuple(points), baseline=tuple(baseline))
 
 
-def _parse_point_resources(raw: Any, source: str, axis_values: Mapping[str, list[Any]],
-                           profiles: tuple[str, ...]
+def _parse_profiles_key(raw: Any, source: str, where: str, profiles: Sequence[str]
+                        ) -> tuple[str, ...] | None:
+    """An entry's optional `profiles:` list: only in these profiles."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or any(p not in profiles for p in raw):
+        raise _fail(source, f"{where}.profiles", f"{raw!r} must list profiles of this sweep: "
+                    f"{', '.join(profiles)}")
+    return tuple(raw)
+
+
+def _parse_point_resources(raw: Any, source: str,
+                           per_profile: Mapping[str, Mapping[str, list[Any]]]
                            ) -> list[tuple[dict[str, Any], tuple[str, ...] | None, Any]]:
     if raw is None:
         return []
@@ -498,44 +557,44 @@ def _parse_point_resources(raw: Any, source: str, axis_values: Mapping[str, list
         for key in entry:
             if key not in ("match", "profiles", "resources"):
                 raise _unknown_key(source, where, key, ("match", "profiles", "resources"))
-        sel = _match_mapping(source, f"{where}.match", entry.get("match"), axis_values)
-        profs = entry.get("profiles")
-        if profs is not None:
-            if not isinstance(profs, list) or any(p not in profiles for p in profs):
-                raise _fail(source, f"{where}.profiles", f"{profs!r} must list profiles of "
-                            f"this sweep: {', '.join(profiles)}")
-            profs = tuple(profs)
+        profs = _parse_profiles_key(entry.get("profiles"), source, where, tuple(per_profile))
+        sel = _match_mapping(source, f"{where}.match", entry.get("match"),
+                             _union_values(per_profile, profs))
         parse_resources(entry.get("resources"), source, f"{where}.resources")
         out.append((sel, profs, entry.get("resources")))
     return out
 
 
-def _parse_reference(raw: Any, source: str, axis_values: Mapping[str, list[Any]]
-                     ) -> list[tuple[dict[str, Any], dict[str, float], str | None]]:
+def _parse_reference(raw: Any, source: str, per_profile: Mapping[str, Mapping[str, list[Any]]]
+                     ) -> list[tuple[dict[str, Any], tuple[str, ...] | None, dict[str, float],
+                                     str | None]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise _fail(source, "reference", "must be a list of {match, source, <metric>: number}")
+        raise _fail(source, "reference", "must be a list of {match, profiles, source, "
+                    "<metric>: number}")
     out = []
     for i, entry in enumerate(raw):
         where = f"reference[{i}]"
         if not isinstance(entry, Mapping):
             raise _fail(source, where, f"{entry!r} must be a mapping")
-        sel = _match_mapping(source, f"{where}.match", entry.get("match"), axis_values)
+        profs = _parse_profiles_key(entry.get("profiles"), source, where, tuple(per_profile))
+        sel = _match_mapping(source, f"{where}.match", entry.get("match"),
+                             _union_values(per_profile, profs))
         src = entry.get("source")
         if src is not None and not isinstance(src, str):
             raise _fail(source, f"{where}.source", f"{src!r} must be a string")
         metrics: dict[str, float] = {}
         for key, value in entry.items():
-            if key in ("match", "source"):
+            if key in ("match", "profiles", "source"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise _fail(source, f"{where}.{key}", f"{value!r} must be a number (the paper's "
                             "value of this metric)")
             metrics[str(key)] = float(value)
         if not metrics:
-            raise _fail(source, where, "gives no metric; add e.g. `knn_top1: 72.8`")
-        out.append((sel, metrics, src))
+            raise _fail(source, where, "gives no metric; add e.g. `knn: 72.8`")
+        out.append((sel, profs, metrics, src))
     return out
 
 

@@ -126,9 +126,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"launch  {run_id}" + (f" (job {job})" if job and backend.name == "slurm" else ""))
     for run_id, reason in result.outcome.failed.items():
         print(f"failed  {run_id}: {reason}")
-    print(f"submission {result.submission_id}: {len(result.launched)} launched, "
-          f"{len(result.skipped)} skipped; follow with: dino-ablate status {sweep_dir}")
+    if backend.name == "ray":  # the trials have ended: say how each run stands now
+        print_final_states(sweep, sweep_dir, result.launched, sys.stdout)
+        print(f"submission {result.submission_id}: {len(result.launched)} launched, "
+              f"{len(result.skipped)} skipped, {len(result.outcome.failed)} failed; sweep dir "
+              f"{sweep_dir}\ntables: dino-ablate table {sweep_dir}")
+    else:
+        print(f"submission {result.submission_id}: {len(result.launched)} launched, "
+              f"{len(result.skipped)} skipped; follow with: dino-ablate status {sweep_dir}")
     return 1 if result.outcome.failed else 0
+
+
+def print_final_states(sweep: Sweep, sweep_dir: Path, run_ids: list[str], out: TextIO) -> None:
+    """One line per run: its state, epochs trained and, when not done, why."""
+    from dino_ablate.runs import run_dir_of, run_state
+
+    for run_id in run_ids:
+        state = run_state(run_dir_of(sweep_dir, run_id))
+        epochs = f"epoch {state.epoch or 0}/{state.epochs or '?'}"
+        why = f": {state.reason}" if state.reason and state.state != "done" else ""
+        out.write(f"{state.state:<8} {run_id}  {epochs}{why}\n")
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
@@ -138,4 +155,4 @@ def make_backend(args: argparse.Namespace) -> Backend:
         return SlurmBackend()
     from dino_ablate.launch.ray_backend import RayBackend
 
-    return RayBackend(address=args.address, max_failures=args.max_retries)
+    return RayBackend(address=args.address, max_failures=args.max_retries, progress=sys.stdout)

@@ -15,7 +15,9 @@ checkpoints. Run directories are exactly those of the SLURM backend; Tune's book
 the ranks' logs live under `<sweep_dir>/ray/`.
 
 The Ray driver holds every launched run's lock for the whole `fit()`, so a concurrent
-submission of the same sweep skips these runs.
+submission of the same sweep skips these runs. While it waits, a Tune callback prints one
+progress line at most every few seconds (:class:`Progress`); Tune's own "may be a performance
+bottleneck" warnings are silenced, as a trial report here is a few numbers per epoch.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from dino_ablate.errors import ConfigError
 from dino_ablate.launch import ray_local
@@ -46,6 +48,11 @@ log = logging.getLogger("dino_ablate.launch.ray")
 
 DEFAULT_MAX_FAILURES = 2
 POLL_S = 0.5
+#: Seconds between two progress lines (trial ends are printed at once).
+PROGRESS_EVERY_S = 5.0
+#: The logger of Tune's `warn_if_slow` ("The `callbacks.on_trial_result` operation took
+#: 0.575 s, which may be a performance bottleneck"): noise on a loaded machine, not a fault.
+TUNE_SLOW_LOGGER = "ray.tune.utils.util"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -141,14 +148,107 @@ def run_point_trial(config: dict[str, Any]) -> None:
                        f"{status.get('reason')} (log: {spec['log_file']})")
 
 
+class Progress:
+    """Concise progress of a Ray submission, one line at most every `every_s` seconds.
+
+    `[12:01:33] 2/7 done, 2 running | normalization-none_… epoch 14/60 loss 6.21 kl 0.013
+    knn 50.9%`: the counts over the submission's trials, then the trial that just reported
+    (its last k-NN, which is measured every `eval.every_epochs` only). Plain Python, fed by the
+    Tune callback :func:`_tune_callback`.
+    """
+
+    def __init__(self, total: int, out: TextIO, every_s: float = PROGRESS_EVERY_S,
+                 clock: Any = time.monotonic) -> None:
+        self.total = total
+        self.out = out
+        self.every_s = every_s
+        self.clock = clock
+        self.running: set[str] = set()
+        self.ended: dict[str, str] = {}
+        self.knn: dict[str, float] = {}
+        self._last = -float("inf")
+
+    def started(self, run_id: str) -> None:
+        self.running.add(run_id)
+
+    def result(self, run_id: str, epochs: int | None, result: dict[str, Any]) -> None:
+        self.running.add(run_id)
+        if isinstance(result.get("knn_teacher"), (int, float)):
+            self.knn[run_id] = float(result["knn_teacher"])
+        now = self.clock()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        epoch = result.get("epoch")  # Tune results hold floats (see _numeric)
+        parts = [f"epoch {int(epoch) if isinstance(epoch, (int, float)) else '?'}/"
+                 f"{epochs or '?'}"]
+        if isinstance(result.get("loss"), (int, float)):
+            parts.append(f"loss {result['loss']:.2f}")
+        if isinstance(result.get("kl_teacher_student"), (int, float)):
+            parts.append(f"kl {result['kl_teacher_student']:.3f}")
+        if run_id in self.knn:
+            parts.append(f"knn {100 * self.knn[run_id]:.1f}%")
+        self._write(f"{_short(run_id)} {' '.join(parts)}")
+
+    def ended_as(self, run_id: str, outcome: str) -> None:
+        """`outcome`: `done` or `error` (Tune may retry an errored trial: it runs again)."""
+        self.running.discard(run_id)
+        self.ended[run_id] = outcome
+        self._write(f"{_short(run_id)} {'finished' if outcome == 'done' else 'failed'}")
+
+    def _write(self, what: str) -> None:
+        done = sum(1 for o in self.ended.values() if o == "done")
+        failed = len(self.ended) - done
+        counts = f"{done}/{self.total} done, {len(self.running)} running"
+        if failed:
+            counts += f", {failed} failed"
+        self.out.write(f"[{time.strftime('%H:%M:%S')}] {counts} | {what}\n")
+        self.out.flush()
+
+
+def _short(run_id: str, width: int = 40) -> str:
+    return run_id if len(run_id) <= width else run_id[:width - 1] + "\u2026"
+
+
+def _tune_callback(progress: Progress) -> Any:
+    """A Tune callback feeding `progress` (built here: ray is imported only after setup)."""
+    from ray import tune
+
+    def run_of(trial: Any) -> tuple[str, int | None]:
+        spec = trial.config["run"]
+        return str(spec["run_id"]), spec.get("epochs")
+
+    class _Callback(tune.Callback):  # type: ignore[misc]
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any,
+                           **info: Any) -> None:
+            progress.started(run_of(trial)[0])
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
+                            result: dict[str, Any], **info: Any) -> None:
+            progress.result(*run_of(trial), result)
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                              **info: Any) -> None:
+            progress.ended_as(run_of(trial)[0], "done")
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
+                           **info: Any) -> None:
+            progress.ended_as(run_of(trial)[0], "error")
+
+    return _Callback()
+
+
 class RayBackend:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 max_failures: int = DEFAULT_MAX_FAILURES) -> None:
+                 max_failures: int = DEFAULT_MAX_FAILURES, progress: TextIO | None = None
+                 ) -> None:
+        """`progress`: where to print progress lines while the trials run (None: silent)."""
         self.address = address
         self.num_cpus = num_cpus
         self.max_failures = max_failures
+        self.progress = progress
 
     def check(self, sweep: Sweep) -> None:
         for point in sweep.points:
@@ -212,6 +312,7 @@ class RayBackend:
                 specs.append({
                     "run_id": item.point.run_id, "run_dir": str(item.run_dir.resolve()),
                     "nproc": res.tasks, "cpus_per_task": res.cpus_per_task,
+                    "epochs": item.point.config.epochs,
                     "cpus": need["CPU"], "gpus": need["GPU"],
                     "log_file": str((sweep_dir / "ray" / "logs" /
                                      f"{item.point.run_id}.log").resolve()),
@@ -224,6 +325,9 @@ class RayBackend:
                     bundle["GPU"] = spec["gpus"]
                 return tune.PlacementGroupFactory([bundle])
 
+            logging.getLogger(TUNE_SLOW_LOGGER).setLevel(logging.ERROR)
+            callbacks = ([_tune_callback(Progress(len(specs), self.progress))]
+                         if self.progress is not None else [])
             tuner = tune.Tuner(
                 tune.with_resources(run_point_trial, resources),
                 param_space={"run": tune.grid_search(specs)},
@@ -232,7 +336,8 @@ class RayBackend:
                                             trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(
                     name=submission_id, storage_path=str((sweep_dir / "ray").resolve()),
-                    verbose=0, failure_config=tune.FailureConfig(max_failures=self.max_failures)),
+                    verbose=0, callbacks=callbacks,
+                    failure_config=tune.FailureConfig(max_failures=self.max_failures)),
             )
             started = time.perf_counter()
             grid = tuner.fit()

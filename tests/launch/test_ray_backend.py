@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,14 @@ def test_local_smoke_on_ray_with_a_ddp_point(ray_cluster: Any, tmp_path: Path) -
     assert "3 launched, 0 skipped" in proc.stdout, proc.stdout
     sweep_dir = out / "local_smoke" / "local"
     rows = status(sweep_dir)
+    # progress while it ran, then each run's final state and where the tables come from
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] \d/3 done, \d running \| \S+ epoch \d/3 loss ",
+                     proc.stdout, re.M), proc.stdout
+    for run_id in rows:
+        assert re.search(rf"^done +{re.escape(run_id)}  epoch 3/3$", proc.stdout, re.M), \
+            proc.stdout
+    assert f"tables: dino-ablate table {sweep_dir}" in proc.stdout, proc.stdout
+    assert "performance bottleneck" not in proc.stdout + proc.stderr, proc.stderr
     assert {r["state"] for r in rows.values()} == {"done"}, rows
     for run_id in rows:
         run_dir = sweep_dir / "runs" / run_id

@@ -43,7 +43,7 @@ def test_local_smoke_reaches_done_and_resubmission_submits_nothing(
         assert row["epoch"] == row["epochs"] == 3
         run = json.loads((run_dir / "run.json").read_text())
         assert run["run_id"] == run_id and run["profile"] == "local"
-        assert set(run["reference"]) == {"knn_top1", "linear_top1"}
+        assert set(run["reference"]) == {"knn", "linear"}
 
     # the DDP point ran as one job of 2 SLURM tasks (2 ranks)
     ddp = next(r for r in rows.values() if "centering_kind-cross_entropy" in r["run_id"])

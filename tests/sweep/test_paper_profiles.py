@@ -284,11 +284,25 @@ def test_paper_images_per_gpu_follow_the_paper() -> None:
     assert per_gpu[("batch_size", "batch_size-512")] == 64
 
 
+#: Local profiles with their own axes (`profiles.local.grid`): point i stands for paper point i.
+LOCAL_AXES = {
+    "batch_size": {"optim.batch_size": [32, 64, 128, 256]},   # the paper's / 4 (digits scale)
+    "patch_size": {"model.patch_size": [8, 4, 2]},            # 4 / 16 / 64 tokens on 16 px
+}
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_local_profile_runs_the_same_points_on_the_unchanged_digits_recipe(name: str) -> None:
     digits = _flat(cfgmod.to_dict(cfgmod.load_config("digits")))
     local, paper = _sweep(name, "local"), _sweep(name, "paper")
-    assert [p.varied for p in local.points] == [p.varied for p in paper.points]
+    if name in LOCAL_AXES:
+        ((key, values),) = LOCAL_AXES[name].items()
+        assert [p.varied for p in local.points] == [{key: v} for v in values]
+        assert len(local.baseline) == 1
+        assert [p.run_id for p in local.points].index(local.baseline[0]) == \
+            [p.run_id for p in paper.points].index(paper.baseline[0])
+    else:
+        assert [p.varied for p in local.points] == [p.varied for p in paper.points]
     epochs = {p.config.epochs for p in local.points}
     assert len(epochs) == 1, "every point of a study trains equally long"
     for point in local.points:
@@ -302,8 +316,8 @@ def test_local_profile_runs_the_same_points_on_the_unchanged_digits_recipe(name:
         res = point.resources
         assert res.nodes == 1 and res.gpus_per_node == 0  # Ray runs a trial on one node
         assert res.tasks * res.cpus_per_task == actual["runtime.threads"]
-        assert point.reference == next(p.reference for p in paper.points
-                                       if p.varied == point.varied)
+    for local_point, paper_point in zip(local.points, paper.points, strict=True):
+        assert local_point.reference == paper_point.reference, local_point.run_id
 
 
 @pytest.mark.parametrize("name", FILES)

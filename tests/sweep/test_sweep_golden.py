@@ -53,6 +53,6 @@ def test_local_smoke_shape() -> None:
     assert [p.resources.world_size for p in sweep.points] == [2, 1, 1]
     assert all(p.config.data.dataset == "digits" for p in sweep.points)
     assert len(sweep.baseline) == 1 and sweep.baseline[0] == sweep.points[0].run_id
-    assert sweep.points[0].reference == {"knn_top1": 72.8, "linear_top1": 76.1}
+    assert sweep.points[0].reference == {"knn": 72.8, "linear": 76.1}
     ids = {p.run_id for p in sweep.points}
     assert ids.isdisjoint(p.run_id for p in load_sweep(sweep.file, "paper").points)
