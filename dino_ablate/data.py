@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,8 +199,10 @@ class FolderData:
         self.train_set = datasets.ImageFolder(str(root / cfg.train_split),
                                               transform=folder_train_transform(cfg))
         self.num_classes = len(self.train_set.classes)
-        self._iter: Iterator[list[torch.Tensor]] | None = None
+        self._iter: Generator[list[torch.Tensor], None, None] | None = None
         self._iter_epoch = -1
+        self._dataloader: Any = None
+        self._sampler: Any = None
 
     @property
     def num_train(self) -> int:
@@ -210,19 +212,22 @@ class FolderData:
         return self.num_train // batch_size
 
     def _loader(self, epoch: int, batch_size: int, seed: int, rank: int, world: int,
-                skip: int) -> Iterator[list[torch.Tensor]]:
+                skip: int) -> Generator[list[torch.Tensor], None, None]:
         from torch.utils.data import DataLoader, DistributedSampler
 
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-            drop_last=True)
-        sampler.set_epoch(epoch)
-        workers = self.cfg.num_workers
-        loader = DataLoader(self.train_set, batch_size=batch_size // world, sampler=sampler,
-                            num_workers=workers, pin_memory=self.device.type == "cuda",
-                            drop_last=True, persistent_workers=False,
-                            prefetch_factor=4 if workers else None)
-        for i, (crops, _) in enumerate(loader):
+        if self._dataloader is None:
+            # One loader for the whole run: its workers persist across epochs (no re-fork and
+            # re-import per epoch) and the sampler's epoch reshuffles the order.
+            self._sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank,
+                                               shuffle=True, seed=seed, drop_last=True)
+            workers = self.cfg.num_workers
+            self._dataloader = DataLoader(
+                self.train_set, batch_size=batch_size // world, sampler=self._sampler,
+                num_workers=workers, pin_memory=self.device.type == "cuda", drop_last=True,
+                persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+        assert self._sampler is not None
+        self._sampler.set_epoch(epoch)
+        for i, (crops, _) in enumerate(self._dataloader):
             if i < skip:
                 continue
             yield [c.to(self.device, non_blocking=True) for c in crops]
@@ -231,8 +236,11 @@ class FolderData:
               world: int) -> list[torch.Tensor]:
         epoch, i = divmod(step, steps_per_epoch)
         if self._iter is None or self._iter_epoch != epoch or i == 0:
+            if self._iter is not None:
+                self._iter.close()  # finish the previous epoch's pass before the next starts
             self._iter = self._loader(epoch, batch_size, seed, rank, world, skip=i)
             self._iter_epoch = epoch
+        assert self._iter is not None
         return next(self._iter)
 
     def knn_sets(self, seed: int) -> tuple[EvalSet, EvalSet]:

@@ -13,7 +13,7 @@ from tests.tiny import run_train
 
 SMALL = ("epochs=1", "data.image_size=32", "data.global_crop_size=32", "data.local_crop_size=16",
          "data.num_local_crops=2", "model.patch_size=8", "optim.batch_size=8",
-         "data.num_workers=0", "data.knn_train_limit=null", "data.val_limit=null")
+         "data.num_workers=1", "data.knn_train_limit=null", "data.val_limit=null")
 
 
 def _image_folder(root: Path) -> None:
