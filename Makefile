@@ -50,7 +50,7 @@ reproduce-local: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_system_deps.sh
 	$(MAKE) lint
-	bash scripts/check_loopback.sh tests
+	bash scripts/check_loopback.sh tests --durations=15
 	bash scripts/netns_sandbox.sh $(BIN)/python -m pytest -q tests/infra/test_loopback.py
 
 lint: $(STAMP)

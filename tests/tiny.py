@@ -9,7 +9,7 @@ TINY = [
     "epochs=3", "model.depth=2", "model.embed_dim=32", "model.num_heads=2",
     "head.out_dim=64", "head.hidden_dim=64", "head.bottleneck_dim=32", "optim.batch_size=128",
     "optim.warmup_epochs=1", "runtime.threads=1", "runtime.log_every_steps=5",
-    "data.knn_train_limit=400", "data.val_limit=200",
+    "data.knn_train_limit=400", "data.val_limit=200", "eval.every_epochs=1",
 ]
 
 
