@@ -33,6 +33,10 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def best(fn: Callable[[], object], repeats: int, rounds: int = 3) -> float:
+    return min(timed(fn, repeats) for _ in range(rounds))
+
+
 def row(name: str, plain: float, fast: float, unit: str = "ms") -> None:
     print(f"{name:<34} plain {1000 * plain:9.2f} {unit}   fast {1000 * fast:9.2f} {unit}   "
           f"speed-up x{plain / fast:5.2f}")
@@ -66,8 +70,8 @@ def main() -> None:
             return [torch.cat([apply_crop(images[i:i + 1], spec, cp.slice(i, i + 1))
                                for i in range(batch)])
                     for spec, cp in zip(augment.specs, crop_params, strict=True)]
-        row("multi-crop augmentation", timed(per_image, args.repeats),
-            timed(batched, args.repeats))
+        row("multi-crop augmentation", best(per_image, args.repeats),
+            best(batched, args.repeats))
 
     state = build_state(cfg, data.channels, device, None)
     s_params = state.rule.student_params
@@ -77,8 +81,8 @@ def main() -> None:
         with torch.no_grad():
             for t, s in zip(t_params, s_params, strict=True):
                 t.mul_(0.996).add_(s.detach(), alpha=0.004)
-    row("teacher EMA", timed(ema_loop, args.repeats),
-        timed(lambda: state.rule.after_optimizer_step(0.996), args.repeats))
+    row("teacher EMA", best(ema_loop, args.repeats),
+        best(lambda: state.rule.after_optimizer_step(0.996), args.repeats))
 
     params = [p for p in state.student.parameters() if p.requires_grad]
     for p in params:
@@ -91,24 +95,26 @@ def main() -> None:
             coef = 3.0 / (norm + 1e-6)
             if coef < 1:
                 p.grad.mul_(coef)
-    row("per-tensor gradient clip", timed(clip_loop, args.repeats),
-        timed(lambda: clip_gradients_per_tensor(params, 3.0), args.repeats))
+    row("per-tensor gradient clip", best(clip_loop, args.repeats),
+        best(lambda: clip_gradients_per_tensor(params, 3.0), args.repeats))
 
     step_time = {}
     for foreach in (False, True):
         opt = torch.optim.AdamW(param_groups(state.student), lr=1e-4, foreach=foreach)
-        step_time[foreach] = timed(opt.step, args.repeats)
+        step_time[foreach] = best(opt.step, args.repeats)
     row("AdamW step (foreach)", step_time[False], step_time[True])
 
     # The whole step with fused vs plain attention.
     sched = Schedules(cfg, max(data.steps_per_epoch(batch), 1))
     crops = data.batch(0, sched.steps_per_epoch, batch, cfg.seed, 0, 1)
-    times = {}
-    for fused in (False, True):
-        set_fused_attention(state.student, fused)
-        set_fused_attention(state.teacher, fused)
-        times[fused] = timed(lambda: train_step(state, crops, 0, cfg, sched),
-                             max(3, args.repeats // 4))
+    times = {False: float("inf"), True: float("inf")}
+    for _ in range(3):  # interleaved, best of 3: robust to load from other processes
+        for fused in (False, True):
+            set_fused_attention(state.student, fused)
+            set_fused_attention(state.teacher, fused)
+            times[fused] = min(times[fused], timed(lambda: train_step(state, crops, 0, cfg,
+                                                                      sched),
+                                                   max(3, args.repeats // 4)))
     print(f"{'training step, fused attention':<34} plain {batch / times[False]:9.1f} im/s   "
           f"fused {batch / times[True]:9.1f} im/s   ratio x{times[False] / times[True]:5.2f}")
 

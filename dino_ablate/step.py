@@ -56,9 +56,9 @@ def clip_gradients_per_tensor(params: list[torch.nn.Parameter], max_norm: float)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    norms = torch._foreach_norm(grads)
-    coefs = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, coefs)
+    norms = torch.stack(torch._foreach_norm(grads))
+    coefs = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(coefs.unbind()))
 
 
 def teacher_targets(cfg: RunConfig, teacher_logits: torch.Tensor, center: torch.Tensor,
