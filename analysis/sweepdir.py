@@ -62,6 +62,8 @@ class SweepLayout:
     def named_baseline(self) -> str | None:
         """The baseline run id named by ``sweep.json``, or None when none is named."""
         baseline = self.sweep_meta.get("baseline")
+        if isinstance(baseline, list):  # the launchers write a list (one id per seed)
+            baseline = baseline[0] if baseline else None
         return str(baseline) if baseline is not None else None
 
     @property
@@ -121,7 +123,9 @@ def locate(path: str | Path) -> SweepLayout:
     if not root.is_dir():
         raise NotASweepDirectory(root, "is not a directory (expected a sweep or run directory)")
     meta = _read_sweep_meta(root)
-    listed = [str(run_id) for run_id in meta.get("runs") or []]
+    # `runs` holds run ids, or (as the launchers write it) mappings with a `run_id`.
+    listed = [str(r["run_id"]) if isinstance(r, dict) else str(r)
+              for r in meta.get("runs") or [] if not isinstance(r, dict) or "run_id" in r]
     runs_dir = root / RUNS_SUBDIR
     if runs_dir.is_dir():
         run_dirs = _ordered_run_dirs(runs_dir, listed)

@@ -92,10 +92,10 @@ def _columns(table: AblationTable) -> list[Column]:
                lambda row: _mean_pm_std(row["student_knn_mean"], row["student_knn_std"]), True),
     ]
     for key in table.reference_keys:
-        label = "kNN" if key == "knn" else key
-        columns.append(
-            Column(f"paper {label} (%)", _paper_cell(key), True)
-        )
+        # Accuracies are percent; the collapse diagnostics (entropy, KL) are in nats.
+        label = {"knn": "kNN (%)", "linear": "linear (%)"}.get(
+            key, f"{key} (nats)" if key in ("teacher_entropy", "kl_teacher_student") else key)
+        columns.append(Column(f"paper {label}", _paper_cell(key), True))
     columns += [
         Column("Δ teacher vs baseline (pp)", _delta, True),
         Column("state", lambda row: str(row["state"]), False),

@@ -169,3 +169,20 @@ def test_runs_without_sweep_json_sort_numbers_as_numbers(tmp_path: Path) -> None
             for name in ("run10", "run2", "run1")]
     sweep = load_sweep(synth.write_sweep(tmp_path / "s", runs, with_sweep_json=False))
     assert sweep.runs["run_id"].tolist() == ["run1", "run2", "run10"]
+
+
+def test_launcher_style_sweep_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The launchers write `runs` as mappings with a run_id and `baseline` as a list."""
+    import json
+
+    from analysis.sweepdir import locate
+    from tests.analysis.synth import write_sweep
+
+    root = write_sweep(tmp_path / "sw", [{"run_id": "a"}, {"run_id": "b"}], baseline="a")
+    meta = json.loads((root / "sweep.json").read_text())
+    meta["runs"] = [{"run_id": "b", "varied": {}}, {"run_id": "a", "varied": {}}]
+    meta["baseline"] = ["b"]
+    (root / "sweep.json").write_text(json.dumps(meta))
+    layout = locate(root)
+    assert [p.name for p in layout.run_dirs] == ["b", "a"]
+    assert layout.named_baseline == "b"
