@@ -111,8 +111,15 @@ def test_job_runs_and_returns(slurm_cluster: SlurmCluster, tmp_path: Path) -> No
     job = _executor(tmp_path, slurm_cluster).submit(add, 2, 3)
     result = job.result()
     assert result == {"sum": 5, "job_id": job.job_id, "node": "localhost"}
-    # The state comes from sacct, i.e. the shim, since there is no accounting database.
-    assert job.get_info(mode="force").get("State") == "COMPLETED"
+    # The state comes from sacct, i.e. the shim, since there is no accounting database. The
+    # result pickle is written before SLURM's epilogue ends the job, so the state may still
+    # read RUNNING for a moment: poll it (bounded) until it settles.
+    deadline = time.monotonic() + 60
+    state = job.get_info(mode="force").get("State")
+    while state != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(1)
+        state = job.get_info(mode="force").get("State")
+    assert state == "COMPLETED"
 
 
 def test_two_task_job_forms_gloo_group(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
