@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import yaml
 
-from dino_ablate.errors import ConfigError
+from dino_ablate.errors import ConfigError, unknown_key
 
 
 def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
@@ -318,11 +318,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str | None) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{path}: unknown key{hint} Valid keys here: "
-                              f"{', '.join(sorted(fields))}", source=source, key=path)
+            raise unknown_key(source, prefix, key, sorted(fields))
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in raw:

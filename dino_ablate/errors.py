@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class ConfigError(ValueError):
     """A user mistake in a config or sweep file.
@@ -16,3 +19,13 @@ class ConfigError(ValueError):
         self.key = key
         prefix = f"{source}: " if source else ""
         super().__init__(prefix + message)
+
+
+def unknown_key(source: str | None, where: str, key: object,
+                valid: Sequence[str]) -> ConfigError:
+    """`where.key: unknown key; did you mean '...'? Valid keys here: ...` (config and sweeps)."""
+    close = difflib.get_close_matches(str(key), list(valid), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    path = f"{where}.{key}" if where else str(key)
+    return ConfigError(f"{path}: unknown key{hint} Valid keys here: {', '.join(valid)}",
+                       source=source, key=path)

@@ -8,14 +8,13 @@ value is hard-coded anywhere else.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dino_ablate.errors import ConfigError
+from dino_ablate.errors import ConfigError, unknown_key
 
 #: SLURM partition / account / qos names.
 SLURM_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -27,12 +26,7 @@ def _fail(source: str, key: str, message: str) -> ConfigError:
     return ConfigError(f"{key}: {message}", source=source, key=key)
 
 
-def _unknown_key(source: str, where: str, key: Any, valid: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(str(key), list(valid), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    path = f"{where}.{key}" if where else str(key)
-    return ConfigError(f"{path}: unknown key{hint} Valid keys here: {', '.join(valid)}",
-                       source=source, key=path)
+_unknown_key = unknown_key
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ synchronisation (diagnostics stay on the device as 0-dim tensors).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,11 @@ class TrainState:
     rule: TeacherRule
     last_layer_params: list[torch.nn.Parameter]
     autocast_dtype: torch.dtype | None
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Built once: the step clips these every iteration.
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
 
 
 def param_groups(model: nn.Module) -> list[dict[str, object]]:
@@ -100,9 +105,8 @@ def train_step(state: TrainState, crops: list[torch.Tensor], step: int, cfg: Run
 
     state.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    trainable = [p for g in state.optimizer.param_groups for p in g["params"]]
     if cfg.optim.clip_grad > 0:
-        clip_gradients_per_tensor(trainable, cfg.optim.clip_grad)
+        clip_gradients_per_tensor(state.trainable, cfg.optim.clip_grad)
     if sched.last_layer_frozen(step):
         for p in state.last_layer_params:
             p.grad = None  # AdamW then skips them entirely (no update, no decay)

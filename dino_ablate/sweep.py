@@ -27,8 +27,8 @@ from typing import Any
 
 from dino_ablate import config as cfgmod
 from dino_ablate.config import RunConfig
-from dino_ablate.errors import ConfigError
-from dino_ablate.resources import Resources, parse_resources
+from dino_ablate.errors import ConfigError, unknown_key
+from dino_ablate.resources import Resources, _fail, parse_resources
 
 #: sweep names, profile names: used in run ids, job names and paths, so no shell metacharacters.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -93,16 +93,7 @@ def _show(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def _fail(source: str, key: str, message: str) -> ConfigError:
-    return ConfigError(f"{key}: {message}", source=source, key=key)
-
-
-def _unknown_key(source: str, where: str, key: Any, valid: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(str(key), list(valid), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    path = f"{where}.{key}" if where else str(key)
-    return ConfigError(f"{path}: unknown key{hint} Valid keys here: {', '.join(valid)}",
-                       source=source, key=path)
+_unknown_key = unknown_key
 
 
 def _leaf_keys() -> list[str]:
