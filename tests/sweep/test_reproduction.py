@@ -416,18 +416,24 @@ def test_checker_fails_when_an_outcome_is_missing(tmp_path: Path, sweep: str, ta
     assert len(failed) == 1 and failed[0].claim.startswith(claim), report(failed)
 
 
+def _local_epochs(name: str) -> int:
+    return load_sweep(SWEEPS / f"{name}.yaml", PROFILE).points[0].config.epochs
+
+
 def test_a_low_kl_in_the_first_half_is_allowed(tmp_path: Path) -> None:
-    rows = _curve(30, 1.6, 0.01, 0.5) + _curve(30, 1.6, 0.2, 0.58)
+    half = _local_epochs("centering_sharpening") // 2
+    rows = _curve(half, 1.6, 0.01, 0.5) + _curve(half, 1.6, 0.2, 0.58)
     _healthy_outputs(tmp_path, {("centering_sharpening", "centering-True"): rows})
     assert all(o.reproduced for o in check_reproduction(tmp_path, ["centering_sharpening"]))
 
 
 def test_unfinished_and_missing_runs_are_not_reproductions(tmp_path: Path) -> None:
-    _healthy_outputs(tmp_path, {("teacher_update", "ema"): _curve(40, 2.0, 0.4, 0.9)})
+    epochs = _local_epochs("teacher_update")
+    _healthy_outputs(tmp_path, {("teacher_update", "ema"): _curve(epochs // 2, 2.0, 0.4, 0.9)})
     (tmp_path / "centering_sharpening").rename(tmp_path / "elsewhere")
     outcomes = {o.claim.split(" ")[0]: o for o in check_reproduction(tmp_path)}
     assert not outcomes["EMA"].reproduced
-    assert "40 of 100 epochs" in outcomes["EMA"].measured
+    assert f"{epochs // 2} of {epochs} epochs" in outcomes["EMA"].measured
     assert not outcomes["sharpening"].reproduced
     assert "no run directory" in outcomes["sharpening"].measured
 
