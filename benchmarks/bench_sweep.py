@@ -14,14 +14,11 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import types
-import typing
 from pathlib import Path
 
 import yaml
@@ -33,7 +30,6 @@ from dino_ablate.launch import ray_local  # noqa: E402
 
 ray_local.setup_env()
 
-from dino_ablate import config as cfgmod  # noqa: E402
 from dino_ablate.config import to_dict  # noqa: E402
 from dino_ablate.sweep import load_sweep  # noqa: E402
 
@@ -65,22 +61,6 @@ def bench_expansion(side: int, repeats: int) -> None:
               f"({best / n * 1e6:.0f} us/point), all: {', '.join(f'{t:.2f}' for t in times)} s; "
               f"target < 2 s: {'OK' if best < 2 else 'MISSED'} "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-        if not hasattr(cfgmod.typing.get_type_hints, "cache_info"):
-            # config.from_dict spends most of its time re-evaluating the dataclasses' string
-            # annotations (typing.get_type_hints on every call). Show what caching them would
-            # give; this patches the config module of this process only.
-            patched = types.SimpleNamespace(**{k: getattr(typing, k) for k in dir(typing)
-                                               if not k.startswith("__")})
-            patched.get_type_hints = functools.cache(typing.get_type_hints)
-            saved, cfgmod.typing = cfgmod.typing, patched  # type: ignore[assignment]
-            try:
-                started = time.perf_counter()
-                load_sweep(file, "local")
-                cached = time.perf_counter() - started
-            finally:
-                cfgmod.typing = saved
-            print(f"  same with typing.get_type_hints cached in config.py (not done there yet): "
-                  f"{cached:.2f} s")
 
 
 def bench_ray(trials: int) -> None:

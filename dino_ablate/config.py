@@ -364,6 +364,59 @@ def from_dict(raw: Mapping[str, Any] | None, source: str | None = None) -> RunCo
     return cfg
 
 
+@functools.cache
+def _leaf_spec(key: str) -> tuple[Any, Mapping[str, Any]] | None:
+    """(annotation, field metadata) of the leaf field at dotted `key`; None if not a leaf."""
+    cls: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            return None
+        tp = _hints(cls)[part]
+        nested = isinstance(tp, type) and dataclasses.is_dataclass(tp)
+        if i == len(parts) - 1:
+            return None if nested else (tp, fields[part].metadata)
+        if not nested:
+            return None
+        cls = tp
+    return None
+
+
+def is_leaf_key(key: str) -> bool:
+    return _leaf_spec(key) is not None
+
+
+def replace_leaves(cfg: RunConfig, values: Mapping[str, Any], source: str | None = None
+                   ) -> tuple[RunConfig, dict[str, Any]]:
+    """`cfg` with the leaf fields at the dotted keys of `values` replaced, and those values in
+    canonical form.
+
+    Each value is checked exactly as `from_dict` checks it and the cross-field rules run on the
+    result, so this equals `from_dict` of the merged mapping; it only skips rebuilding the
+    untouched sub-configs (a sweep's points share everything but their axis values).
+    """
+    changes: dict[str, Any] = {}
+    canonical: dict[str, Any] = {}
+    for key, value in values.items():
+        spec = _leaf_spec(key)
+        if spec is None:
+            raise ConfigError(f"{key}: not a leaf field of the run config", source=source,
+                              key=key)
+        tp, meta = spec
+        canonical[key] = _coerce(value, tp, key, meta, source)
+        set_dotted(changes, key, canonical[key])
+
+    def apply(obj: Any, node: Mapping[str, Any]) -> Any:
+        return dataclasses.replace(obj, **{
+            name: apply(getattr(obj, name), sub) if isinstance(sub, dict) else sub
+            for name, sub in node.items()})
+
+    out = apply(cfg, changes)
+    _check_cross_field(out, source)
+    return out, canonical
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain YAML-friendly data (tuples become lists)."""
     def plain(v: Any) -> Any:

@@ -227,6 +227,54 @@ def _semantic_diff(values: Mapping[str, Any], defaults: Mapping[str, Any], prefi
     return out
 
 
+def _defaults() -> dict[str, Any]:
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = cfgmod.to_dict(RunConfig())
+    return _DEFAULTS
+
+
+def semantic_diff(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """What a resolved config (as `config.to_dict` gives it) changes from the RunConfig
+    defaults, without the keys that do not change the run (NON_SEMANTIC_KEYS)."""
+    return _semantic_diff(cfg_dict, _defaults(), "")
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _diff_with(diff: Mapping[str, Any], canonical: Mapping[str, Any]) -> dict[str, Any]:
+    """`diff` (a semantic diff) after setting leaf keys to canonical values: the semantic diff
+    of the changed config, computed from the changes alone."""
+    out = _copy_tree(diff)
+    for key, value in canonical.items():
+        if any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS):
+            continue
+        value = _plain(value)
+        if value != cfgmod.get_dotted(_defaults(), key):
+            cfgmod.set_dotted(out, key, value)
+            continue
+        parts = key.split(".")
+        nodes = [out]
+        for part in parts[:-1]:
+            if not isinstance(nodes[-1].get(part), dict):
+                break
+            nodes.append(nodes[-1][part])
+        else:
+            nodes[-1].pop(parts[-1], None)
+            for depth in range(len(parts) - 1, 0, -1):  # drop emptied sub-mappings
+                if nodes[depth]:
+                    break
+                del nodes[depth - 1][parts[depth - 1]]
+    return out
+
+
+def _digest(diff: Mapping[str, Any]) -> str:
+    text = json.dumps(diff, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
     """8 hex digits of sha256 over what the config changes from the RunConfig defaults.
 
@@ -234,12 +282,7 @@ def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
     a new config field is added with a default that keeps the old behaviour; changing a
     default that a point relies on does change its id, as it changes the run.
     """
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        _DEFAULTS = cfgmod.to_dict(RunConfig())
-    trimmed = _semantic_diff(cfg_dict, _DEFAULTS, "")
-    text = json.dumps(trimmed, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return _digest(semantic_diff(cfg_dict))
 
 
 def make_run_id(name: str, varied: Mapping[str, Any], labels: Mapping[str, str],
@@ -475,17 +518,28 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
     points: list[Point] = []
     baseline: list[str] = []
     seen: dict[str, int] = {}
+    # Point 0 is built from the merged mapping; the others replace only their axis values in
+    # it (config.replace_leaves: the same checks, ~10x faster for a large sweep).
+    first: tuple[RunConfig, dict[str, Any], frozenset[str]] | None = None
     for index, combo in enumerate(itertools.product(*axes)):
         assignment: dict[str, Any] = {}
         for part in combo:
             assignment.update(part)
-        tree = _copy_tree(merged)
-        for key, value in assignment.items():
-            cfgmod.set_dotted(tree, key, value)
         shown = ", ".join(f"{k}={_show(v)}" for k, v in assignment.items())
         where = f"point {index} ({shown})" if shown else f"point {index}"
         try:
-            run_cfg = cfgmod.from_dict(tree)
+            if first is not None and assignment.keys() == first[2]:
+                run_cfg, canonical = cfgmod.replace_leaves(first[0], assignment)
+                digest = _digest(_diff_with(first[1], canonical))
+            else:
+                tree = _copy_tree(merged)
+                for key, value in assignment.items():
+                    cfgmod.set_dotted(tree, key, value)
+                run_cfg = cfgmod.from_dict(tree)
+                diff = semantic_diff(cfgmod.to_dict(run_cfg))
+                digest = _digest(diff)
+                if first is None and all(cfgmod.is_leaf_key(k) for k in assignment):
+                    first = (run_cfg, diff, frozenset(assignment))
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}", source=source, key=exc.key) from exc
         res = resources
@@ -498,8 +552,6 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
                 f"{where}: optim.batch_size: {run_cfg.optim.batch_size} is not divisible by the "
                 f"world size {world} (nodes {res.nodes} x tasks {res.tasks}); allowed: a "
                 "multiple of the world size", source=source, key="optim.batch_size")
-        cfg_dict = cfgmod.to_dict(run_cfg)
-        digest = semantic_hash(cfg_dict)
         varied = {k: assignment[k] for k in varied_keys}
         run_id = make_run_id(name, varied, labels, digest)
         if run_id in seen:
