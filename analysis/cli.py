@@ -15,9 +15,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from analysis.load import Sweep, load_sweep
 from analysis.sweepdir import NotASweepDirectory
+
+if TYPE_CHECKING:  # pandas (through analysis.load) is imported only when a command runs:
+    from analysis.load import Sweep  # every `dino-ablate` process, `train` too, builds this CLI
 
 OUTPUT_SUBDIR = "analysis"
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
@@ -28,6 +31,8 @@ EXIT_NOT_A_SWEEP = 2
 
 
 def _load(args: argparse.Namespace) -> Sweep:
+    from analysis.load import load_sweep
+
     return load_sweep(args.sweep_dir, use_cache=not args.no_cache)
 
 

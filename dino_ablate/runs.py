@@ -21,12 +21,13 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -176,9 +177,68 @@ def prepare_run_dir(run_dir: Path, sweep: Sweep, point: Point) -> None:
     })
 
 
-def write_launch(run_dir: Path, backend: str, job_id: str | None, submission: str) -> None:
+def write_launch(run_dir: Path, backend: str, job_id: str | None, submission: str,
+                 **extra: Any) -> None:
     write_json(run_dir / "launch.json", {"backend": backend, "job_id": job_id,
-                                         "submission": submission, "time": now_iso()})
+                                         "submission": submission, "time": now_iso(), **extra})
+
+
+def has_results(run_dir: Path) -> bool:
+    """Whether training has written anything into `run_dir` (metrics or a checkpoint)."""
+    ckpt = run_dir / "checkpoints"
+    return (run_dir / "metrics.jsonl").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))
+
+
+def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | None:
+    """A `done` run directory of the same run in another sweep under the same output root.
+
+    The same run means the same semantic hash (the run id's suffix: the config without
+    resources, paths and runtime settings), checked again against the twin's config.yaml.
+    Sweeps that share points (momentum.yaml's two are teacher_update.yaml's) then train each
+    once per output root.
+    """
+    from dino_ablate.sweep import semantic_hash
+
+    depth = len(PurePosixPath(sweep.output_dir).parts)
+    out_root = sweep_dir.parents[depth - 1]
+    digest = point.run_id.rsplit("_", 1)[-1]
+    own = (sweep_dir / "runs").resolve()
+    pattern = "/".join(["*"] * depth) + f"/runs/*_{digest}"
+    for cand in sorted(out_root.glob(pattern)):
+        if cand.parent.resolve() == own or not cand.is_dir():
+            continue
+        if (read_json(cand / "status.json") or {}).get("state") != "done":
+            continue
+        try:
+            cfg = yaml.safe_load((cand / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(cfg, dict) and semantic_hash(cfg) == digest:
+            return cand
+    return None
+
+
+#: launcher files of the twin that describe the twin's sweep, not the run's results
+_NOT_ADOPTED = (".lock", "run.json", "launch.json", "status.json")
+
+
+def adopt_finished_run(source: Path, run_dir: Path, sweep: Sweep, point: Point,
+                       submission: str) -> None:
+    """Copy a finished twin's results into the fresh `run_dir` and make it this sweep's run.
+
+    status.json is written last: a copy interrupted before it leaves an unfinished run with a
+    final checkpoint, which the next submission launches and the trainer completes at once.
+    """
+    for entry in sorted(source.iterdir()):
+        if entry.name in _NOT_ADOPTED or entry.name.startswith(".fault_"):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, run_dir / entry.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(entry, run_dir / entry.name)
+    prepare_run_dir(run_dir, sweep, point)
+    write_launch(run_dir, "copy", None, submission, source=str(source))
+    write_atomic(run_dir / "status.json", (source / "status.json").read_text())
 
 
 def read_launch(run_dir: Path) -> dict[str, Any] | None:

@@ -225,7 +225,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     start_epoch = start_step // steps_per_epoch
     if is_main:
         rd.write_status("running", start_epoch, cfg.epochs, start_step)
-    nan_step = faults.nan_step()
+    nan_step = faults.nan_step(run_dir)
     run_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()

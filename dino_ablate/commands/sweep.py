@@ -121,19 +121,22 @@ def run(args: argparse.Namespace) -> int:
         return 1
     for run_id, reason in result.skipped.items():
         print(f"skip    {run_id}: {reason}")
+    for run_id, source in result.copied.items():
+        print(f"copy    {run_id}: done in {source}")
     for run_id in result.launched:
         job = result.outcome.job_ids.get(run_id)
         print(f"launch  {run_id}" + (f" (job {job})" if job and backend.name == "slurm" else ""))
     for run_id, reason in result.outcome.failed.items():
         print(f"failed  {run_id}: {reason}")
+    copied = f", {len(result.copied)} copied from finished twins" if result.copied else ""
     if backend.name == "ray":  # the trials have ended: say how each run stands now
         print_final_states(sweep, sweep_dir, result.launched, sys.stdout)
         print(f"submission {result.submission_id}: {len(result.launched)} launched, "
-              f"{len(result.skipped)} skipped, {len(result.outcome.failed)} failed; sweep dir "
-              f"{sweep_dir}\ntables: dino-ablate table {sweep_dir}")
+              f"{len(result.skipped)} skipped{copied}, {len(result.outcome.failed)} failed; "
+              f"sweep dir {sweep_dir}\ntables: dino-ablate table {sweep_dir}")
     else:
         print(f"submission {result.submission_id}: {len(result.launched)} launched, "
-              f"{len(result.skipped)} skipped; follow with: dino-ablate status {sweep_dir}")
+              f"{len(result.skipped)} skipped{copied}; follow with: dino-ablate status {sweep_dir}")
     return 1 if result.outcome.failed else 0
 
 

@@ -8,6 +8,8 @@ to launch is here, the same for SLURM and Ray:
 - a run whose recorded job is still queued or running is skipped;
 - a run whose lock is held by someone else (a job training it, a Ray driver, another
   submitter still deciding) is skipped; a submitter's lock is waited for, briefly;
+- a run never trained whose twin (the same semantic hash) is `done` in another sweep under the
+  same output root is copied from it, not trained again (`runs.find_finished_twin`);
 - everything else (new, failed, interrupted) is prepared and launched; the trainer resumes a
   partial run from its checkpoints.
 """
@@ -27,7 +29,10 @@ from dino_ablate.rundir import read_json
 from dino_ablate.runs import (
     FINAL,
     RunLock,
+    adopt_finished_run,
     append_submission,
+    find_finished_twin,
+    has_results,
     job_active,
     now_iso,
     prepare_run_dir,
@@ -77,6 +82,7 @@ class Submission:
     launched: list[str]
     skipped: dict[str, str]
     outcome: LaunchOutcome
+    copied: dict[str, str] = field(default_factory=dict)  # run id -> the finished twin copied
 
 
 def recorded_job_ids(sweep: Sweep, sweep_dir: Path, backend: str) -> list[str]:
@@ -116,6 +122,7 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
     deadline = time.monotonic() + lock_wait_s
     items: list[LaunchItem] = []
     skipped: dict[str, str] = {}
+    copied: dict[str, str] = {}
     try:
         for point in sweep.points:
             if only is not None and point.run_id not in only:
@@ -141,6 +148,12 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
                 lock.release()
                 skipped[point.run_id] = reason
                 continue
+            twin = None if has_results(run_dir) else find_finished_twin(sweep_dir, sweep, point)
+            if twin is not None:
+                adopt_finished_run(twin, run_dir, sweep, point, submission_id)
+                lock.release()
+                copied[point.run_id] = str(twin)
+                continue
             prepare_run_dir(run_dir, sweep, point)
             items.append(LaunchItem(point, run_dir, lock))
         outcome = LaunchOutcome()
@@ -155,9 +168,9 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
         "host": socket.gethostname(), "pid": os.getpid(), "user": os.environ.get("USER"),
         "max_parallel": max_parallel,
         "launched": {i.point.run_id: outcome.job_ids.get(i.point.run_id) for i in items},
-        "skipped": skipped, "failed": outcome.failed,
+        "skipped": skipped, "copied": copied, "failed": outcome.failed,
     })
-    return Submission(submission_id, [i.point.run_id for i in items], skipped, outcome)
+    return Submission(submission_id, [i.point.run_id for i in items], skipped, outcome, copied)
 
 
 def record_launch(item: LaunchItem, backend: str, job_id: str | None, submission: str) -> None:

@@ -117,3 +117,29 @@ def test_killed_trial_worker_retries_from_checkpoint(ray_cluster: Any, tmp_path:
     log_text = (sweep_dir / "ray" / "logs" / f"{run_dir.name}.log").read_text()
     assert "resuming" in log_text, log_text[-2000:]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+
+
+def test_a_point_done_in_another_sweep_is_copied_not_rerun(ray_cluster: Any,
+                                                            tmp_path: Path) -> None:
+    """Two sweeps sharing a point under one output root (as momentum.yaml and
+    teacher_update.yaml do): the second submission copies the finished run."""
+    from launch_helpers import one_point_sweep
+
+    address = ray_cluster.context.address_info["gcs_address"]
+    out = tmp_path / "out"
+    first = one_point_sweep(tmp_path / "twin_a.yaml", "twin_a", 2)
+    second = one_point_sweep(tmp_path / "twin_b.yaml", "twin_b", 2)
+    proc = cli("sweep", str(first), "--backend", "ray", "--out", str(out), "--address", address)
+    assert "1 launched, 0 skipped, 0 failed" in proc.stdout, proc.stdout
+    proc = cli("sweep", str(second), "--backend", "ray", "--out", str(out), "--address", address)
+    assert "0 launched, 0 skipped, 1 copied from finished twins, 0 failed" in proc.stdout, \
+        proc.stdout
+    # single-point sweeps: the run ids are the sweep names plus the same hash
+    (run_a,) = (out / "twin_a" / "local" / "runs").iterdir()
+    (run_b,) = (out / "twin_b" / "local" / "runs").iterdir()
+    assert run_a.name.split("_")[-1] == run_b.name.split("_")[-1]
+    assert f"copy    {run_b.name}: done in {run_a}" in proc.stdout, proc.stdout
+    assert (run_b / "metrics.jsonl").read_text() == (run_a / "metrics.jsonl").read_text()
+    assert status(out / "twin_b" / "local")[run_b.name]["state"] == "done"
+    table = cli("table", str(out / "twin_b" / "local"), "--format", "csv").stdout
+    assert "done" in table, table

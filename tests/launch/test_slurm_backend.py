@@ -148,3 +148,70 @@ def test_cancelled_task_is_named_and_resubmission_finishes_it(
     rows = wait_for(sweep_dir, all_final, 600, "the resubmitted run to finish")
     assert {r["state"] for r in rows.values()} == {"done"}, rows
     assert metrics_epochs(sweep_dir / "runs" / victim["run_id"]) == [1, 2, 3]
+
+
+def test_diverged_run_is_shown_and_the_others_finish(slurm_cluster: Any, tmp_path: Path) -> None:
+    """A non-finite loss injected into one point (DINO_ABLATE_FAULT, scoped to its run id; sbatch
+    passes the submitter's environment on): that run ends `diverged` at the step, the other
+    runs of the sweep finish, and `status` and the table show the divergence."""
+    import os
+
+    out = tmp_path / "out"
+    os.environ["DINO_ABLATE_FAULT"] = "nan_step:5@sinkhorn"
+    try:
+        cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out),
+            "--max-parallel", "2")
+    finally:
+        del os.environ["DINO_ABLATE_FAULT"]
+    sweep_dir = out / "local_smoke" / "local"
+    rows = wait_for(sweep_dir, all_final, 600, "the runs to finish")
+    states = {run_id: r["state"] for run_id, r in rows.items()}
+    victim = next(run_id for run_id in rows if "sinkhorn" in run_id)
+    assert states.pop(victim) == "diverged", rows
+    assert set(states.values()) == {"done"}, rows
+    assert rows[victim]["reason"] == "non-finite loss at step 5", rows
+
+    text = cli("status", str(sweep_dir)).stdout
+    line = next(line for line in text.splitlines() if line.startswith(victim))
+    assert " diverged " in line and "non-finite loss at step 5" in line, text
+    assert "1 diverged, 2 done" in text, text
+    csv = cli("table", str(sweep_dir), "--format", "csv").stdout
+    diverged_rows = [row for row in csv.splitlines() if "diverged" in row]
+    assert len(diverged_rows) == 1 and "sinkhorn" in diverged_rows[0], csv
+    # a diverged run is final: resubmitting does not rerun it
+    again = cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out))
+    assert "0 launched, 3 skipped" in again.stdout, again.stdout
+
+
+def test_slurmd_lost_for_a_while_then_back(slurm_cluster: Any, tmp_path: Path) -> None:
+    """slurmd stopped for longer than SlurmdTimeout (the node goes DOWN) and started again:
+    the sweep completes, or `status` names exactly the runs to resubmit (failed, with a
+    reason) and one resubmission finishes them; no metrics record is duplicated."""
+    import os
+
+    from launch_helpers import ROOT
+
+    out = tmp_path / "out"
+    cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out),
+        "--max-parallel", "1")
+    sweep_dir = out / "local_smoke" / "local"
+    wait_for(sweep_dir, lambda rows: any(r["state"] == "running" for r in rows.values()),
+             300, "a run to start")
+    restart = subprocess.run([str(ROOT / "scripts" / "slurm" / "restart_slurmd.sh"), "40"],
+                             env={**os.environ, **slurm_cluster.env}, capture_output=True,
+                             text=True, timeout=300)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert "node state while slurmd was down" in restart.stdout, restart.stdout
+    rows = wait_for(sweep_dir, all_final, 900, "the sweep to settle after slurmd came back")
+    to_resubmit = {run_id for run_id, r in rows.items() if r["state"] != "done"}
+    for run_id in to_resubmit:
+        assert rows[run_id]["state"] == "failed" and rows[run_id]["reason"], rows
+    again = cli("sweep", str(LOCAL_SMOKE), "--backend", "slurm", "--out", str(out))
+    assert f"{len(to_resubmit)} launched, {3 - len(to_resubmit)} skipped" in again.stdout, \
+        again.stdout
+    rows = wait_for(sweep_dir, all_final, 600, "the resubmitted runs to finish")
+    assert {r["state"] for r in rows.values()} == {"done"}, rows
+    for run_id in rows:
+        assert metrics_epochs(sweep_dir / "runs" / run_id) == [1, 2, 3], run_id
+    print(f"slurmd down 40 s: {len(to_resubmit)} run(s) needed resubmitting "
+          f"({sorted(to_resubmit)}); restart log:\n{restart.stdout}")

@@ -1,0 +1,121 @@
+"""A point already `done` in another sweep under the same output root (the same semantic hash)
+is copied, not trained again; anything else about the point is left to the backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dino_ablate import config as cfgmod
+from dino_ablate.launch.base import LaunchItem, LaunchOutcome, submit_sweep
+from dino_ablate.runs import resolve_sweep_dir, run_dir_of, run_state
+from dino_ablate.sweep import Sweep, load_sweep
+
+BASE = {"epochs": 2, "data": {"dataset": "digits", "image_size": 16, "global_crop_size": 16,
+                              "local_crop_size": 8, "num_local_crops": 0},
+        "model": {"arch": "vit_tiny_patch16_224", "patch_size": 4, "embed_dim": 64, "depth": 2,
+                  "num_heads": 4}}
+
+
+class Recorder:
+    """A backend that starts nothing and records what it was asked to launch."""
+
+    name = "record"
+
+    def __init__(self) -> None:
+        self.launched: list[str] = []
+
+    def check(self, sweep: Sweep) -> None:
+        pass
+
+    def job_states(self, job_ids: Iterable[str]) -> dict[str, str]:
+        return {}
+
+    def launch(self, items: Sequence[LaunchItem], sweep: Sweep, sweep_dir: Path,
+               submission_id: str, max_parallel: int | None) -> LaunchOutcome:
+        self.launched += [i.point.run_id for i in items]
+        return LaunchOutcome()
+
+
+def _sweep(tmp_path: Path, name: str, threads: int, momentum: list[float]) -> Sweep:
+    file = tmp_path / f"{name}.yaml"
+    file.write_text(yaml.safe_dump({
+        "name": name, "base": BASE,
+        "profiles": {"local": {"config": {"runtime": {"device": "cpu", "threads": threads}}}},
+        "grid": {"teacher.momentum": momentum}}))
+    return load_sweep(file, "local")
+
+
+def _finish(run_dir: Path, epochs: int = 2) -> None:
+    """What a finished trainer leaves (docs/run_directory.md)."""
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e, "knn_teacher": 0.5 + e / 100}) + "\n"
+                for e in range(1, epochs + 1)))
+    (run_dir / "status.json").write_text(json.dumps({"state": "done", "epoch": epochs,
+                                                     "epochs": epochs}))
+
+
+def test_a_done_twin_is_copied_and_the_rest_launched(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = _sweep(tmp_path, "first", 1, [0.99, 0.996])
+    first_dir = resolve_sweep_dir(first, out)
+    submit_sweep(first, first_dir, Recorder())
+    done = first.points[0]
+    _finish(run_dir_of(first_dir, done.run_id))  # the other point of `first` never finished
+
+    # threads differ (not part of a run's identity); 0.99 is done there, 0.996 is not, 0.9 new
+    second = _sweep(tmp_path, "second", 2, [0.99, 0.996, 0.9])
+    second_dir = resolve_sweep_dir(second, out)
+    backend = Recorder()
+    result = submit_sweep(second, second_dir, backend)
+
+    twin = second.points[0]
+    assert twin.run_id == done.run_id
+    assert result.copied == {twin.run_id: str(run_dir_of(first_dir, done.run_id))}
+    assert backend.launched == [p.run_id for p in second.points[1:]] == result.launched
+    copy = run_dir_of(second_dir, twin.run_id)
+    original = run_dir_of(first_dir, done.run_id)
+    assert (copy / "metrics.jsonl").read_text() == (original / "metrics.jsonl").read_text()
+    assert (copy / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    assert run_state(copy).state == "done"
+    assert json.loads((copy / "run.json").read_text())["sweep"] == "second"
+    launch = json.loads((copy / "launch.json").read_text())
+    assert launch["backend"] == "copy" and launch["source"] == str(original)
+    # the copy's config is this sweep's (its own threads), the twin's is untouched
+    assert yaml.safe_load((copy / "config.yaml").read_text()) == cfgmod.to_dict(twin.config)
+    assert yaml.safe_load((original / "config.yaml").read_text())["runtime"]["threads"] == 1
+    record = json.loads((second_dir / "submissions.jsonl").read_text().splitlines()[-1])
+    assert record["copied"] == result.copied
+
+    again = submit_sweep(second, second_dir, Recorder())
+    assert twin.run_id in again.skipped and not again.copied
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_no_twin_copied_over_a_trained_run_or_from_an_unfinished_one(
+        tmp_path: Path, partial: bool) -> None:
+    out = tmp_path / "out"
+    first = _sweep(tmp_path, "first", 1, [0.99, 0.996])
+    first_dir = resolve_sweep_dir(first, out)
+    submit_sweep(first, first_dir, Recorder())
+    second = _sweep(tmp_path, "second", 1, [0.99, 0.996])
+    second_dir = resolve_sweep_dir(second, out)
+    submit_sweep(second, second_dir, Recorder())
+    run_id = first.points[0].run_id
+    if partial:  # the twin is done, but this sweep's run has results of its own: never replaced
+        _finish(run_dir_of(first_dir, run_id))
+        (run_dir_of(second_dir, run_id) / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    else:        # the twin is not done
+        _finish(run_dir_of(first_dir, run_id))
+        (run_dir_of(first_dir, run_id) / "status.json").write_text('{"state": "running"}')
+    backend = Recorder()
+    result = submit_sweep(second, second_dir, backend)
+    assert not result.copied and run_id in backend.launched
+    if partial:
+        assert (run_dir_of(second_dir, run_id) / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
