@@ -1,6 +1,6 @@
 """Before/after of each fast path, measured in one run on this device.
 
-    python benchmarks/bench_fast_paths.py [--config digits] [--repeats 20]
+    python benchmarks/bench_fast_paths.py [--config digits] [--repeats 20] [--skip-step]
 
 Prints, per fast path, the plain path's time, the fast path's time and their ratio:
 batched multi-crop augmentation vs a loop over images; the foreach teacher EMA and per-tensor
@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--config", default="digits")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--skip-step", action="store_true",
+                        help="skip the whole-step fused-attention comparison (slow for ViT-S)")
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
     device = pick_device(cfg)
@@ -104,6 +106,8 @@ def main() -> None:
         step_time[foreach] = best(opt.step, args.repeats)
     row("AdamW step (foreach)", step_time[False], step_time[True])
 
+    if args.skip_step:
+        return
     # The whole step with fused vs plain attention.
     sched = Schedules(cfg, max(data.steps_per_epoch(batch), 1))
     crops = data.batch(0, sched.steps_per_epoch, batch, cfg.seed, 0, 1)

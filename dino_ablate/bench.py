@@ -9,6 +9,7 @@ in the same run on the same device and dtype; and the bare backbone's own work o
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -124,11 +125,32 @@ def run_bench(cfg: RunConfig, steps: int = 10, warmup: int = 3,
         times[phase] += now - clock[0]
         clock[0] = now
 
+    # The bare backbones on the same crops, grouped by resolution like the model does: the
+    # student's forward + backward and the teacher's forward, what the DINO step cannot avoid.
+    assert isinstance(state.student, MultiCropNetwork)
+    assert isinstance(state.teacher, MultiCropNetwork)
+    student_bb, teacher_bb = state.student.backbone, state.teacher.backbone
+
+    def backbone_work(crops: list[torch.Tensor]) -> None:
+        groups = [torch.cat(crops[:2])] + ([torch.cat(crops[2:])] if len(crops) > 2 else [])
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            with torch.no_grad():
+                teacher_bb(groups[0])
+            loss = sum(student_bb(g).float().sum() for g in groups)
+        assert isinstance(loss, torch.Tensor)
+        loss.backward()
+        student_bb.zero_grad(set_to_none=True)
+
+    # Each DINO step is followed by the bare backbones on its crops, so that both are timed
+    # under the same conditions (load from other processes, clock, caches).
     sums = torch.zeros(4, device=device)
     crops: list[torch.Tensor] = []
+    backbone_total = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             times.clear()
+            backbone_total = 0.0
         _sync(device)
         clock[0] = time.perf_counter()
         crops = data.batch(i % spe, spe, batch, cfg.seed, 0, 1)
@@ -137,8 +159,10 @@ def run_bench(cfg: RunConfig, steps: int = 10, warmup: int = 3,
         sums += torch.stack([out.loss.detach(), out.teacher_entropy, out.teacher_batch_entropy,
                              out.kl])
         mark("metrics")
+        backbone_total += _timed(functools.partial(backbone_work, crops), device, 1)
     phase_seconds = {p: times[p] / steps for p in PHASES}
     step_seconds = sum(phase_seconds.values())
+    backbone_seconds = backbone_total / steps
 
     eval_seconds = 0.0
     if with_eval:
@@ -154,24 +178,6 @@ def run_bench(cfg: RunConfig, steps: int = 10, warmup: int = 3,
         train_step(state, crops, warmup + steps, cfg, sched)
     flops = float(counter.get_total_flops())
 
-    # The bare backbones on the same crops, grouped by resolution like the model does.
-    assert isinstance(state.student, MultiCropNetwork)
-    assert isinstance(state.teacher, MultiCropNetwork)
-    student_bb, teacher_bb = state.student.backbone, state.teacher.backbone
-    groups = [torch.cat(crops[:2])] + ([torch.cat(crops[2:])] if len(crops) > 2 else [])
-
-    def backbone_work() -> None:
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            with torch.no_grad():
-                teacher_bb(groups[0])
-            loss = sum(student_bb(g).float().sum() for g in groups)
-        assert isinstance(loss, torch.Tensor)
-        loss.backward()
-        student_bb.zero_grad(set_to_none=True)
-
-    backbone_work()
-    backbone_seconds = _timed(backbone_work, device, max(3, steps // 2))
     peak_dtype = autocast_dtype or torch.float32
     peak = matmul_peak(device, peak_dtype)
     fwd_bwd_seconds = phase_seconds["forward_backward"] + phase_seconds["optimizer"] \
