@@ -89,7 +89,10 @@ def knn_overlay_figure(sweep: Sweep) -> Figure:
         for column, style in (("knn_teacher", "-"), ("knn_student", "--")):
             if column not in rows.columns or rows[column].notna().sum() == 0:
                 continue
-            stats = rows.groupby("epoch")[column].agg(["mean", "std", "count"])
+            # kNN is measured every `eval.every_epochs`: the epochs without it would cut the
+            # line into isolated points (nothing is drawn between a value and a NaN)
+            measured = rows[rows[column].notna()]
+            stats = measured.groupby("epoch")[column].agg(["mean", "std", "count"])
             epochs = stats.index.to_numpy(dtype=float)
             mean = stats["mean"].to_numpy() * 100.0
             std = np.nan_to_num(stats["std"].to_numpy() * 100.0)

@@ -110,3 +110,25 @@ def test_many_runs_are_paged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     figures = sweep_figures(load_sweep(synth.write_sweep(tmp_path / "s", runs)))
     assert [name for name in figures if name.startswith("knn_runs")] == [
         "knn_runs_01", "knn_runs_02", "knn_runs_03"]
+
+
+def test_knn_overlay_draws_lines_when_knn_is_measured_every_other_epoch(tmp_path: Path) -> None:
+    """eval.every_epochs 2 (the digits recipe): the epochs without kNN must not cut the curves
+    into invisible single points (regression: the overlay came out empty)."""
+    from analysis.plots import knn_overlay_figure
+
+    runs = []
+    for update, seed in (("ema", 0), ("ema", 1), ("student_copy", 0)):
+        records = synth.make_records(10)
+        for record in records:
+            if record["epoch"] % 2:
+                record["knn_teacher"] = record["knn_student"] = None
+        runs.append({"run_id": f"update-{update}_seed-{seed}",
+                     "varied": {"teacher.update": update}, "seed": seed, "records": records})
+    sweep_dir = synth.write_sweep(tmp_path / "sweep", runs)
+    ax = knn_overlay_figure(load_sweep(sweep_dir)).axes[0]
+    curves = [line for line in ax.get_lines() if len(np.asarray(line.get_xdata())) > 0]
+    assert len(curves) == 4  # teacher and student of two points
+    for line in curves:
+        assert np.asarray(line.get_xdata()).tolist() == [2, 4, 6, 8, 10]
+        assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all()
