@@ -383,10 +383,6 @@ def _leaf_spec(key: str) -> tuple[Any, Mapping[str, Any]] | None:
     return None
 
 
-def is_leaf_key(key: str) -> bool:
-    return _leaf_spec(key) is not None
-
-
 def replace_leaves(cfg: RunConfig, values: Mapping[str, Any], source: str | None = None
                    ) -> tuple[RunConfig, dict[str, Any]]:
     """`cfg` with the leaf fields at the dotted keys of `values` replaced, and those values in

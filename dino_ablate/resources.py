@@ -26,9 +26,6 @@ def _fail(source: str, key: str, message: str) -> ConfigError:
     return ConfigError(f"{key}: {message}", source=source, key=key)
 
 
-_unknown_key = unknown_key
-
-
 @dataclass(frozen=True)
 class Resources:
     """What one run needs from the scheduler. Nothing here is hard-coded elsewhere."""
@@ -80,7 +77,6 @@ _RESOURCE_MIN = {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_
                  "time_min": 1, "signal_delay_s": 0, "max_requeues": 0}
 
 
-
 def parse_resources(raw: Any, source: str, where: str,
                     start: Resources | None = None) -> Resources:
     """Validate a `resources` mapping, applied over `start` (defaults when None)."""
@@ -94,7 +90,7 @@ def parse_resources(raw: Any, source: str, where: str,
     value: Any
     for key, value in given.items():
         if key not in _RESOURCE_RULES:
-            raise _unknown_key(source, where, key, valid)
+            raise unknown_key(source, where, key, valid)
         path = f"{where}.{key}"
         types_, nullable, allowed = _RESOURCE_RULES[key]
         if value is None:

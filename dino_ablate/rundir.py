@@ -10,6 +10,7 @@ import datetime
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ def _clean(value: Any) -> Any:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Replace `path` atomically. The temporary name is this writer's own, so concurrent
+    writers of one file (two submitters rewriting sweep.json) never rename each other's."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with tmp.open("w") as fh:
         fh.write(text)
         fh.flush()

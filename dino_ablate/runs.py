@@ -24,7 +24,6 @@ import os
 import shutil
 import socket
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -201,7 +200,7 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
 
     depth = len(PurePosixPath(sweep.output_dir).parts)
     out_root = sweep_dir.parents[depth - 1]
-    digest = point.run_id.rsplit("_", 1)[-1]
+    digest = point.digest
     own = (sweep_dir / "runs").resolve()
     pattern = "/".join(["*"] * depth) + f"/runs/*_{digest}"
     for cand in sorted(out_root.glob(pattern)):
@@ -338,20 +337,12 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
 # sweep directory records
 
 
-def _write_json_shared(path: Path, data: Mapping[str, Any]) -> None:
-    """Atomic replace with a temporary name of our own: concurrent submitters write this file
-    without a lock, and a shared temporary name would make one's rename fail."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(dict(data), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def write_sweep_json(sweep_dir: Path, sweep: Sweep) -> None:
     """sweep.json: what the sweep holds now (rewritten by each submission; last one wins)."""
     previous = read_json(sweep_dir / "sweep.json") or {}
     current = [p.run_id for p in sweep.points]
     earlier = [r for r in previous.get("all_runs", []) if r not in current]
-    _write_json_shared(sweep_dir / "sweep.json", {
+    write_json(sweep_dir / "sweep.json", {
         "name": sweep.name, "file": str(sweep.file.resolve()), "profile": sweep.profile,
         "description": sweep.description, "baseline": list(sweep.baseline),
         "varied_keys": list(sweep.varied_keys),

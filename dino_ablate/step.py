@@ -35,7 +35,7 @@ class TrainState:
     rule: TeacherRule
     last_layer_params: list[torch.nn.Parameter]
     autocast_dtype: torch.dtype | None
-    trainable: list[torch.nn.Parameter] = field(default_factory=list)
+    trainable: list[torch.nn.Parameter] = field(init=False)
 
     def __post_init__(self) -> None:
         # Built once: the step clips these every iteration.

@@ -63,6 +63,11 @@ class Point:
     def label(self) -> str:
         return ", ".join(f"{k}={_show(v)}" for k, v in self.varied.items()) or "(single point)"
 
+    @property
+    def digest(self) -> str:
+        """The semantic hash that ends the run id (`make_run_id`)."""
+        return self.run_id.rsplit("_", 1)[-1]
+
 
 @dataclass(frozen=True)
 class Sweep:
@@ -91,9 +96,6 @@ class Sweep:
 
 def _show(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
-
-
-_unknown_key = unknown_key
 
 
 def _leaf_keys() -> list[str]:
@@ -447,7 +449,7 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
     raw = read_sweep_file(file)
     for key in raw:
         if key not in TOP_KEYS:
-            raise _unknown_key(source, "", key, TOP_KEYS)
+            raise unknown_key(source, "", key, TOP_KEYS)
 
     name = raw.get("name", file.stem)
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -472,7 +474,7 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
                         "`config` and `resources`")
         for key in pbody:
             if key not in PROFILE_KEYS:
-                raise _unknown_key(source, f"profiles.{pname}", key, PROFILE_KEYS)
+                raise unknown_key(source, f"profiles.{pname}", key, PROFILE_KEYS)
         if pbody.get("config") is not None and not isinstance(pbody["config"], Mapping):
             raise _fail(source, f"profiles.{pname}.config", "must be a mapping of config keys")
     # Every profile's axes are checked whichever profile is expanded, as the top-level ones are.
@@ -520,7 +522,7 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
     seen: dict[str, int] = {}
     # Point 0 is built from the merged mapping; the others replace only their axis values in
     # it (config.replace_leaves: the same checks, ~10x faster for a large sweep).
-    first: tuple[RunConfig, dict[str, Any], frozenset[str]] | None = None
+    first: tuple[RunConfig, dict[str, Any]] | None = None
     for index, combo in enumerate(itertools.product(*axes)):
         assignment: dict[str, Any] = {}
         for part in combo:
@@ -528,7 +530,7 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
         shown = ", ".join(f"{k}={_show(v)}" for k, v in assignment.items())
         where = f"point {index} ({shown})" if shown else f"point {index}"
         try:
-            if first is not None and assignment.keys() == first[2]:
+            if first is not None:
                 run_cfg, canonical = cfgmod.replace_leaves(first[0], assignment)
                 digest = _digest(_diff_with(first[1], canonical))
             else:
@@ -538,8 +540,7 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
                 run_cfg = cfgmod.from_dict(tree)
                 diff = semantic_diff(cfgmod.to_dict(run_cfg))
                 digest = _digest(diff)
-                if first is None and all(cfgmod.is_leaf_key(k) for k in assignment):
-                    first = (run_cfg, diff, frozenset(assignment))
+                first = (run_cfg, diff)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}", source=source, key=exc.key) from exc
         res = resources
@@ -599,7 +600,7 @@ def _parse_point_resources(raw: Any, source: str,
             raise _fail(source, where, f"{entry!r} must be a mapping")
         for key in entry:
             if key not in ("match", "profiles", "resources"):
-                raise _unknown_key(source, where, key, ("match", "profiles", "resources"))
+                raise unknown_key(source, where, key, ("match", "profiles", "resources"))
         profs = _parse_profiles_key(entry.get("profiles"), source, where, tuple(per_profile))
         sel = _match_mapping(source, f"{where}.match", entry.get("match"),
                              _union_values(per_profile, profs))

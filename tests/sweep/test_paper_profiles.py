@@ -340,7 +340,7 @@ def test_local_profiles_of_files_1_to_5_fit_the_budget() -> None:
     """Files 1-5 on 2 cores in under 45 minutes, by the launcher's own CPU estimate. A run
     shared by two files (momentum.yaml's points are teacher_update.yaml's) is trained once
     per output root and counted once."""
-    runs = {p.run_id.rsplit("_", 1)[-1]: p for name in CORE_FILES
+    runs = {p.digest: p for name in CORE_FILES
             for p in _sweep(name, "local").points}
     assert len(runs) < sum(len(_sweep(name, "local").points) for name in CORE_FILES)
     core_hours = sum(estimate(p.config, p.resources).device_hours for p in runs.values())
