@@ -19,7 +19,8 @@ Three ways to use it:
   into the output root DIR (``dino-ablate sweep sweeps/F.yaml --backend ray --profile local
   --out DIR``, e.g. by ``make reproduce-local``);
 - without the variable, the slow test runs the three local profiles itself on the test session's
-  private Ray (16.5 min on 2 cores in CI), then checks them;
+  private Ray (18 min on 2 cores in the last CI run, beside another training run), then
+  checks them;
 - ``python tests/sweep/test_reproduction.py [--run] DIR``: the same from a script or CI, printing
   the measured numbers; exit code 1 when an outcome is not reproduced.
 
