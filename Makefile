@@ -40,9 +40,12 @@ reproduce-local: $(STAMP)
 	done; \
 	el=$$(( $$(date +%s) - start )); \
 	echo "wall time of the local profiles of files 1-5 ($(REPRO_CORE)): $$((el / 60)) min $$((el % 60)) s"
-	@for s in $(REPRO_MORE); do \
+	@start=$$(date +%s); \
+	for s in $(REPRO_MORE); do \
 	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(REPRO_OUT) || exit 1; \
-	done
+	done; \
+	el=$$(( $$(date +%s) - start )); \
+	echo "wall time of the local profiles of files 6-9 ($(REPRO_MORE)): $$((el / 60)) min $$((el % 60)) s"
 	$(BIN)/python tests/sweep/test_reproduction.py $(REPRO_OUT)
 
 # Lint, type check, then the whole suite inside a loopback-only network namespace under strace:

@@ -182,8 +182,9 @@ class RuntimeConfig:
         "auto", "auto = bf16 autocast on GPU, fp32 on CPU")
     deterministic: bool = _f(False, "deterministic algorithms (bit-identical resume on CPU)")
     compile: bool = _f(False, "torch.compile the student and teacher (GPU)")
-    threads: int | None = _f(None, "torch intra-op threads per rank; null = torch's default",
-                             ge=1)
+    threads: int | None = _f(None, "torch intra-op threads per rank; null = torch's default "
+                             "(OMP_NUM_THREADS if set: the Ray backend sets it to the trial's "
+                             "cpus_per_task)", ge=1)
     fused_attention: Literal["auto", "on", "off"] = _f(
         "auto", "timm's fused scaled-dot-product attention. auto = on, except on the CPU for "
         "sequences of at most 64 tokens, where the plain matmul path measured faster")

@@ -69,8 +69,8 @@ def check_data_roots(sweep: Sweep) -> None:
 
 def _fmt_resources(point: Point) -> str:
     r = point.resources
-    dev = f"{r.gpus_per_node}gpu" if r.gpus_per_node else "cpu"
-    return f"{r.nodes}x{r.tasks}{'' if r.gpus_per_node else 'task'} {dev} {r.time_min}min"
+    tasks = f"{r.gpus_per_node}gpu" if r.gpus_per_node else f"{r.tasks}task"
+    return f"{r.nodes}x{tasks} {r.cpus_per_task}cpu/task {r.time_min}min"
 
 
 def print_table(sweep: Sweep, sweep_dir: Path, out: TextIO) -> None:

@@ -2,8 +2,10 @@
 
 Cost = epochs x training images x (2 global crops + local crops) x seconds per crop, in
 device-hours: GPU-hours for points with GPUs (all GPUs together; DDP scaling assumed linear),
-CPU core-hours otherwise. The kNN evaluations are not counted. These are planning numbers
-(+-50 %), not promises.
+CPU core-hours otherwise. On the CPU the projection head is counted too (its multiply-adds per
+crop, and a pass over its last layer's weights per optimizer step): with the tiny local
+backbones a large K makes the head most of the work. The kNN evaluations are not counted.
+These are planning numbers (+-50 %), not promises.
 
 Sources of the figures:
 - `V100_MS_PER_GLOBAL_CROP` = 3.44 ms: DINO paper Table 8, ViT-S/16 with 2x224^2 crops, 100
@@ -20,6 +22,11 @@ Sources of the figures:
   2 global + 4 local crops, ~1.0 s of training per 1400-image epoch on 2 threads: 7.7e9 per
   core-s) and `sweeps/local_smoke.yaml`'s tiny ViT (dim 32, depth 2, 2 local crops: 1740 im/s
   on 1 thread, 2.0e9; small models are overhead-bound).
+- `CPU_UNITS_PER_PARAM_STEP` = 200 proxy units per last-layer weight per optimizer step (AdamW,
+  the teacher's EMA, gradient clipping, the weight-normalised last layer: memory-bound passes
+  over the weights), fitted to `sweeps/output_dim.yaml`'s local points on 1 thread beside other
+  runs (2026-11-28): median 24 s per epoch at K 65536 and 83 s at K 262144, of which the head's
+  multiply-adds account for ~11 s and ~35 s; both points give 200-220.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ V100_INFERENCE_IM_S = {("vit_small", 16): 1007.0, ("vit_small", 8): 180.0,
 V100_MS_PER_GLOBAL_CROP = 3.44
 CROP_TOKEN_EXPONENT = 1.29
 CPU_PROXY_PER_CORE_S = 3.0e9
+CPU_UNITS_PER_PARAM_STEP = 200.0
 #: width and depth of timm's ViT families, for the FLOP proxy.
 ARCH_DIMS = {"vit_tiny": (192, 12), "vit_small": (384, 12), "vit_base": (768, 12),
              "vit_large": (1024, 24), "vit_huge": (1280, 32)}
@@ -59,6 +67,14 @@ def _proxy(dim: int, depth: int, tokens: int) -> float:
 def _dims(cfg: RunConfig) -> tuple[int, int]:
     dim, depth = ARCH_DIMS.get(_family(cfg.model.arch), ARCH_DIMS["vit_small"])
     return cfg.model.embed_dim or dim, cfg.model.depth or depth
+
+
+def _head_macs(cfg: RunConfig) -> float:
+    """Multiply-adds of the projection head on one crop = its weights (the MLP, the last layer)."""
+    head = cfg.head
+    widths = [_dims(cfg)[0], *[head.hidden_dim] * (head.num_layers - 1), head.bottleneck_dim]
+    return sum(a * b for a, b in zip(widths, widths[1:], strict=False)) \
+        + head.bottleneck_dim * head.out_dim
 
 
 REFERENCE_PROXY = _proxy(384, 12, _tokens(224, 16))
@@ -92,9 +108,16 @@ def estimate(cfg: RunConfig, res: Resources) -> Cost:
         hours = images * per_image / 3600.0
         return Cost("GPU", hours, hours / (res.nodes * res.gpus_per_node))
     dim, depth = _dims(cfg)
+    head = _head_macs(cfg)
+    crops = 2 + cfg.data.num_local_crops
     proxy = (2 * _proxy(dim, depth, _tokens(cfg.data.global_crop_size, cfg.model.patch_size))
              + cfg.data.num_local_crops
-             * _proxy(dim, depth, _tokens(cfg.data.local_crop_size, cfg.model.patch_size)))
+             * _proxy(dim, depth, _tokens(cfg.data.local_crop_size, cfg.model.patch_size))
+             + crops * head)
+    # every rank updates the weights once per step of `batch_size` images; only the last
+    # layer's (bottleneck x K) are many enough to count beside the per-core figure
+    last_layer = cfg.head.bottleneck_dim * cfg.head.out_dim
+    proxy += CPU_UNITS_PER_PARAM_STEP * last_layer * res.world_size / cfg.optim.batch_size
     hours = images * proxy / CPU_PROXY_PER_CORE_S / 3600.0
     cores = res.world_size * res.cpus_per_task
     return Cost("CPU", hours, hours / cores)
