@@ -144,11 +144,12 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     info = dist.init(device.type)
     check_world_size(cfg, info.world_size)
     is_main = info.rank == 0
-    if is_main:
-        log.info("world size %d (%s), device %s, %d images per rank per step", info.world_size,
-                 info.launcher, device, cfg.optim.batch_size // info.world_size)
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    if is_main:
+        log.info("world size %d (%s), device %s, %d images per rank per step, %d thread(s) per "
+                 "rank", info.world_size, info.launcher, device,
+                 cfg.optim.batch_size // info.world_size, torch.get_num_threads())
     if cfg.runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)  # the same on every rank, as the official code
