@@ -26,7 +26,9 @@ Sources of the figures:
   the teacher's EMA, gradient clipping, the weight-normalised last layer: memory-bound passes
   over the weights), fitted to `sweeps/output_dim.yaml`'s local points on 1 thread beside other
   runs (2026-11-28): median 24 s per epoch at K 65536 and 83 s at K 262144, of which the head's
-  multiply-adds account for ~11 s and ~35 s; both points give 200-220.
+  multiply-adds account for ~11 s and ~35 s; both points give 200-220. A later run of the
+  sweep measured K 65536 at 17.0 s on 1 thread (mostly alone; estimate 23.7 s) and K 262144 at
+  42.8 s on 2 threads (86 core-s; estimate 84).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 
 from dino_ablate.config import RunConfig
 from dino_ablate.sweep import Resources
@@ -73,8 +76,7 @@ def _head_macs(cfg: RunConfig) -> float:
     """Multiply-adds of the projection head on one crop = its weights (the MLP, the last layer)."""
     head = cfg.head
     widths = [_dims(cfg)[0], *[head.hidden_dim] * (head.num_layers - 1), head.bottleneck_dim]
-    return sum(a * b for a, b in zip(widths, widths[1:], strict=False)) \
-        + head.bottleneck_dim * head.out_dim
+    return sum(a * b for a, b in pairwise(widths)) + head.bottleneck_dim * head.out_dim
 
 
 REFERENCE_PROXY = _proxy(384, 12, _tokens(224, 16))
