@@ -33,19 +33,16 @@ demo: $(STAMP)
 REPRO_OUT ?= $(OUT)/reproduce
 REPRO_CORE := momentum centering_sharpening teacher_update patch_size batch_size
 REPRO_MORE := components teacher_temperature output_dim center_momentum
+# $(call local_sweeps,FILES,LABEL): the local profiles of FILES on Ray, then their wall time.
+local_sweeps = start=$$(date +%s); \
+	for s in $(1); do \
+	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(REPRO_OUT) || exit 1; \
+	done; \
+	el=$$(( $$(date +%s) - start )); \
+	echo "wall time of the local profiles of files $(2) ($(1)): $$((el / 60)) min $$((el % 60)) s"
 reproduce-local: $(STAMP)
-	@start=$$(date +%s); \
-	for s in $(REPRO_CORE); do \
-	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(REPRO_OUT) || exit 1; \
-	done; \
-	el=$$(( $$(date +%s) - start )); \
-	echo "wall time of the local profiles of files 1-5 ($(REPRO_CORE)): $$((el / 60)) min $$((el % 60)) s"
-	@start=$$(date +%s); \
-	for s in $(REPRO_MORE); do \
-	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(REPRO_OUT) || exit 1; \
-	done; \
-	el=$$(( $$(date +%s) - start )); \
-	echo "wall time of the local profiles of files 6-9 ($(REPRO_MORE)): $$((el / 60)) min $$((el % 60)) s"
+	@$(call local_sweeps,$(REPRO_CORE),1-5)
+	@$(call local_sweeps,$(REPRO_MORE),6-9)
 	$(BIN)/python tests/sweep/test_reproduction.py $(REPRO_OUT)
 
 # Lint, type check, then the whole suite inside a loopback-only network namespace under strace:

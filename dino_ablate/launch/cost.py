@@ -72,11 +72,12 @@ def _dims(cfg: RunConfig) -> tuple[int, int]:
     return cfg.model.embed_dim or dim, cfg.model.depth or depth
 
 
-def _head_macs(cfg: RunConfig) -> float:
-    """Multiply-adds of the projection head on one crop = its weights (the MLP, the last layer)."""
+def _head_weights(cfg: RunConfig) -> tuple[int, int]:
+    """Weights of the projection head's MLP and of its last layer (bottleneck x K); together
+    they are the head's multiply-adds per crop."""
     head = cfg.head
     widths = [_dims(cfg)[0], *[head.hidden_dim] * (head.num_layers - 1), head.bottleneck_dim]
-    return sum(a * b for a, b in pairwise(widths)) + head.bottleneck_dim * head.out_dim
+    return sum(a * b for a, b in pairwise(widths)), head.bottleneck_dim * head.out_dim
 
 
 REFERENCE_PROXY = _proxy(384, 12, _tokens(224, 16))
@@ -110,15 +111,14 @@ def estimate(cfg: RunConfig, res: Resources) -> Cost:
         hours = images * per_image / 3600.0
         return Cost("GPU", hours, hours / (res.nodes * res.gpus_per_node))
     dim, depth = _dims(cfg)
-    head = _head_macs(cfg)
+    mlp, last_layer = _head_weights(cfg)
     crops = 2 + cfg.data.num_local_crops
     proxy = (2 * _proxy(dim, depth, _tokens(cfg.data.global_crop_size, cfg.model.patch_size))
              + cfg.data.num_local_crops
              * _proxy(dim, depth, _tokens(cfg.data.local_crop_size, cfg.model.patch_size))
-             + crops * head)
+             + crops * (mlp + last_layer))
     # every rank updates the weights once per step of `batch_size` images; only the last
-    # layer's (bottleneck x K) are many enough to count beside the per-core figure
-    last_layer = cfg.head.bottleneck_dim * cfg.head.out_dim
+    # layer's are many enough to count beside the per-core figure
     proxy += CPU_UNITS_PER_PARAM_STEP * last_layer * res.world_size / cfg.optim.batch_size
     hours = images * proxy / CPU_PROXY_PER_CORE_S / 3600.0
     cores = res.world_size * res.cpus_per_task
