@@ -13,7 +13,8 @@ imports the trainer. Pipeline order, one module per concept:
 - :mod:`analysis.load` assembles the tidy per-epoch DataFrame;
 - :mod:`analysis.tables` builds the per-sweep ablation table, :mod:`analysis.table_format`
   renders it as Markdown, LaTeX or CSV;
-- :mod:`analysis.plots` draws the figures (styled by :mod:`analysis.figure_style`),
+- :mod:`analysis.plots` draws the figures (styled by :mod:`analysis.figure_style`; baseline
+  reference lines and the linear-probe figure in :mod:`analysis.probe_plots`),
   :mod:`analysis.report` writes one HTML page;
 - :mod:`analysis.cli` adds the ``table``, ``plot`` and ``report`` subcommands.
 

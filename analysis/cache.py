@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = ".analysis_cache"
 CACHE_FILE = "sweep.pkl"
 #: Bump when RunData, Sweep, the parsing rules or the assembled frames change.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 

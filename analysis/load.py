@@ -4,11 +4,19 @@
 
 - ``frame``: one row per (run, epoch) with columns ``run_id``, ``sweep``, one column per varied
   dotted key (e.g. ``teacher.update``), ``seed``, ``epoch``, every ``metrics.jsonl`` key,
-  ``ref_<metric>`` for each paper reference value (percent), ``state``, ``ln_k``,
-  ``knn_teacher_init`` and ``knn_student_init``. A run with no metrics yet (pending, or running
-  its first epoch) has one row with ``epoch`` NaN so that it is not lost.
-- ``runs``: one row per run (see :data:`RUN_COLUMNS`), with the final kNN values, compute spent,
-  throughput and collapse epoch, which tables and plots use.
+  ``ref_<metric>`` for each paper reference value (percent), ``state``, ``ln_k``, and the
+  run's baselines (:data:`BASELINE_COLUMNS`: ``knn_teacher_init``, ``knn_student_init``,
+  ``linear_teacher_init``, ``linear_student_init``, ``knn_pixels``, ``linear_pixels``; 0-1,
+  NaN for runs written before a baseline existed). A run with no metrics yet (pending, or
+  running its first epoch) has one row with ``epoch`` NaN so that it is not lost.
+- ``runs``: one row per run (see :data:`RUN_COLUMNS`), with the final kNN and linear-probe
+  values, the baselines, the final collapse diagnostics, compute spent, throughput and collapse
+  epoch, which tables and plots use.
+
+Final values: ``knn_*`` and ``linear_*`` are the last finite value of the metric in
+``metrics.jsonl`` (``linear_*`` falls back to ``summary.json``'s when the metrics hold none);
+``final_teacher_entropy``, ``final_teacher_batch_entropy`` and ``final_kl_teacher_student`` are
+the last metrics record's (nats; NaN when it has none).
 
 Parsed runs are cached under ``SWEEP_DIR/.analysis_cache`` (:mod:`analysis.cache`).
 """
@@ -44,6 +52,16 @@ RUN_COLUMNS: tuple[str, ...] = (
     "knn_student",
     "knn_teacher_init",
     "knn_student_init",
+    "linear_teacher",
+    "linear_student",
+    "linear_teacher_init",
+    "linear_student_init",
+    "knn_pixels",
+    "linear_pixels",
+    "linear_protocol",
+    "final_teacher_entropy",
+    "final_teacher_batch_entropy",
+    "final_kl_teacher_student",
     "compute_hours",
     "images_per_s",
     "ln_k",
@@ -51,6 +69,24 @@ RUN_COLUMNS: tuple[str, ...] = (
     "collapse_epoch",
     "truncated_last_line",
     "run_dir",
+)
+
+
+#: Run-level baselines (0-1) repeated over each run's rows of ``Sweep.frame``.
+BASELINE_COLUMNS: tuple[str, ...] = (
+    "knn_teacher_init",
+    "knn_student_init",
+    "linear_teacher_init",
+    "linear_student_init",
+    "knn_pixels",
+    "linear_pixels",
+)
+
+#: Collapse diagnostics whose last-record value is a run's final one (``final_<key>``).
+FINAL_DIAGNOSTICS: tuple[str, ...] = (
+    "teacher_entropy",
+    "teacher_batch_entropy",
+    "kl_teacher_student",
 )
 
 
@@ -110,10 +146,27 @@ def _last_finite(values: npt.NDArray[Any] | None) -> tuple[float, int]:
     return float(values[finite[-1]]), int(finite[-1])
 
 
+def _last_value(values: npt.NDArray[Any] | None) -> float:
+    """The last entry of a float column (NaN when absent, empty or not numeric)."""
+    if values is None or values.dtype == object or values.size == 0:
+        return float("nan")
+    return float(values[-1])
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def _run_row(run: RunData) -> dict[str, Any]:
     columns = run.columns
     knn_teacher, position = _last_finite(columns.get("knn_teacher"))
     knn_student, _ = _last_finite(columns.get("knn_student"))
+    linear_teacher, _ = _last_finite(columns.get("linear_teacher"))
+    linear_student, _ = _last_finite(columns.get("linear_student"))
+    if not np.isfinite(linear_teacher):
+        linear_teacher = _or_nan(run.linear_teacher_final)
+    if not np.isfinite(linear_student):
+        linear_student = _or_nan(run.linear_student_final)
     epochs = columns.get("epoch")
     final_epoch = float(epochs[position]) if epochs is not None and position >= 0 else np.nan
     seconds = _float_column(columns, "epoch_seconds")
@@ -132,6 +185,11 @@ def _run_row(run: RunData) -> dict[str, Any]:
         "knn_student": knn_student,
         "knn_teacher_init": run.knn_teacher_init,
         "knn_student_init": run.knn_student_init,
+        "linear_teacher": linear_teacher,
+        "linear_student": linear_student,
+        **{key: _or_nan(getattr(run, key)) for key in BASELINE_COLUMNS[2:]},
+        "linear_protocol": run.linear_protocol,
+        **{f"final_{key}": _last_value(columns.get(key)) for key in FINAL_DIAGNOSTICS},
         # nansum: an epoch without a timing does not hide the others; a run without any is NaN.
         "compute_hours": float(np.nansum(seconds)) / 3600.0 if seconds is not None else np.nan,
         # Median over epochs: the first epoch carries warm-up and compilation time.
@@ -203,7 +261,7 @@ def _epoch_frame(
     for key in ref_keys:
         data[f"ref_{key}"] = np.repeat([run.reference.get(key, np.nan) for run in runs], counts)
     data["state"] = repeat([run.state for run in runs])
-    for key in ("ln_k", "knn_teacher_init", "knn_student_init"):
+    for key in ("ln_k", *BASELINE_COLUMNS):
         values = [getattr(run, key) for run in runs]
         data[key] = np.repeat(np.array([np.nan if v is None else v for v in values]), counts)
     return pd.DataFrame(data)

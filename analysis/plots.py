@@ -1,15 +1,21 @@
 """Figures of a sweep (matplotlib, drawn off-screen with the Agg canvas).
 
 - ``knn_overlay``: teacher (solid) and student (dashed) kNN top-1 over epochs, one colour per
-  sweep point, mean over seeds with a ±std band (paper Fig. 6 left).
+  sweep point, mean over seeds with a ±std band (paper Fig. 6 left), with the random-init
+  teacher's and the raw pixels' kNN as labelled reference lines
+  (:func:`analysis.probe_plots.draw_baselines`).
 - ``knn_runs_NN``: the same per run, one panel per run (24 panels a page), with the kNN of the
-  randomly initialised teacher as a dotted line.
+  randomly initialised teacher as a dotted line and the raw pixels' as a dash-dotted one.
+- ``linear``: linear-probe top-1 over the epochs it was measured, with its baselines, when any
+  run has a probe value (:func:`analysis.probe_plots.linear_figure`).
 - ``collapse``: teacher entropy h(Pt) and KL(Pt‖Ps) over epochs side by side, one colour per
   point, lines at 0 and ln K, and the start of each detected collapse marked (paper Fig. 7).
 - ``patch_size``: final teacher kNN vs measured training throughput, when ``model.patch_size``
   is varied (paper Fig. 5).
 - ``batch_size``: final teacher kNN vs batch size, when ``optim.batch_size`` is varied
   (paper Table 9).
+- ``attention``: the teacher's last-block [CLS] attention on the same images, rows = points,
+  when any run has ``attention/maps.npz`` (:func:`analysis.attention_figure.attention_figure`).
 
 Every figure works on partial sweeps: runs without metrics are left out, and a figure with no
 data says so. Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot
@@ -30,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from analysis.attention_figure import attention_figure
 from analysis.collapse import HEALTHY
 from analysis.figure_style import (
     DPI,
@@ -46,6 +53,7 @@ from analysis.figure_style import (
     point_labels,
 )
 from analysis.load import Sweep
+from analysis.probe_plots import INIT_GID, PIXELS_GID, PIXELS_STYLE, draw_baselines, linear_figure
 
 PATCH_SIZE_KEY = "model.patch_size"
 BATCH_SIZE_KEY = "optim.batch_size"
@@ -76,7 +84,7 @@ def knn_overlay_figure(sweep: Sweep) -> Figure:
     labels = point_labels(sweep)
     colors = point_colors(labels)
     legend_inside = len(colors) <= MAX_LEGEND_INSIDE
-    bottom = 0.6 if legend_inside else 0.6 + legend_height(len(colors) + 2, 4)
+    bottom = 0.6 if legend_inside else 0.6 + legend_height(len(colors) + 4, 4)
     fig, axes = figure_grid(1, 1, panel=(7.6, 4.4), gap=(0, 0),
                              margins=(0.75, 0.2, bottom, 0.4))
     ax = axes[0, 0]
@@ -105,13 +113,15 @@ def knn_overlay_figure(sweep: Sweep) -> Figure:
     ax.set_ylabel("k-NN top-1 (%)")
     ax.set_title(f"Teacher vs student k-NN during training — {_title_of(sweep)}")
     ax.grid(alpha=0.3)
+    baselines = draw_baselines(ax, sweep, init_column="knn_teacher_init",
+                               pixels_column="knn_pixels", colors=colors)
     if not plotted:
         no_data(ax, "no kNN measurements yet")
         return fig
     handles: list[Any] = [Line2D([], [], color=colors[label], linewidth=2.5, label=label)
                           for label in dict.fromkeys(plotted)]
     handles += [Line2D([], [], color="0.2", linestyle="-", label="teacher"),
-                Line2D([], [], color="0.2", linestyle="--", label="student")]
+                Line2D([], [], color="0.2", linestyle="--", label="student"), *baselines]
     title = f"{legend_title(sweep)} (mean ± std over seeds)"
     if legend_inside:
         ax.legend(handles=handles, loc="best", fontsize=9, title=title, title_fontsize=9)
@@ -149,11 +159,14 @@ def knn_run_pages(sweep: Sweep) -> list[Figure]:
         hidden = len(sweep.runs) - len(runs)
         note = f"\n({hidden} run(s) without kNN measurements not shown)" if hidden else ""
         fig.suptitle(f"Teacher vs student k-NN per run — {_title_of(sweep)}{suffix}{note}")
-        legend_below(fig, [
+        handles = [
             Line2D([], [], color="#1f77b4", label="teacher"),
             Line2D([], [], color="#ff7f0e", linestyle="--", label="student"),
             Line2D([], [], color="0.4", linestyle=":", label="teacher at random init"),
-        ], ncol=3)
+        ]
+        if np.isfinite(sweep.runs["knn_pixels"].to_numpy(dtype=float)).any():
+            handles.append(Line2D([], [], label="raw pixels", **PIXELS_STYLE))
+        legend_below(fig, handles, ncol=len(handles))
         pages.append(fig)
     return pages
 
@@ -166,7 +179,10 @@ def _draw_run_knn(ax: Axes, run: pd.Series, label: str, rows: pd.DataFrame) -> N
                 color="#ff7f0e")
     init = run["knn_teacher_init"]
     if init is not None and np.isfinite(init):
-        ax.axhline(float(init) * 100.0, color="0.4", linestyle=":", linewidth=1)
+        ax.axhline(float(init) * 100.0, color="0.4", linestyle=":", linewidth=1, gid=INIT_GID)
+    pixels = run["knn_pixels"]
+    if np.isfinite(pixels):
+        ax.axhline(float(pixels) * 100.0, gid=PIXELS_GID, **{**PIXELS_STYLE, "linewidth": 1})
     seed = "" if pd.isna(run["seed"]) else f" · seed {run['seed']}"
     progress = ""
     planned = run["epochs_planned"]
@@ -359,8 +375,12 @@ def sweep_figures(sweep: Sweep) -> dict[str, Figure]:
     pages = knn_run_pages(sweep)
     for number, page in enumerate(pages, start=1):
         figures[f"knn_runs_{number:02d}" if len(pages) > 1 else "knn_runs"] = page
+    linear = linear_figure(sweep)
+    if linear is not None:
+        figures["linear"] = linear
     figures["collapse"] = collapse_figure(sweep)
-    for name, builder in (("patch_size", patch_size_figure), ("batch_size", batch_size_figure)):
+    for name, builder in (("patch_size", patch_size_figure), ("batch_size", batch_size_figure),
+                          ("attention", attention_figure)):
         figure = builder(sweep)
         if figure is not None:
             figures[name] = figure

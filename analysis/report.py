@@ -32,22 +32,33 @@ table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
 th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.baseline td { font-weight: 600; }
+tr.below-init td { background: #fdecea; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #555; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dt { font-weight: 600; }
+div.scroll { overflow-x: auto; }
 """
 
 _CAPTIONS = {
     "knn_overlay": "Teacher (solid) and student (dashed) k-NN top-1 over epochs, mean ± std "
-                   "over seeds (paper Fig. 6 left: the momentum teacher beats the student).",
-    "knn_runs": "Teacher and student k-NN per run; dotted: teacher at random initialisation.",
+                   "over seeds (paper Fig. 6 left: the momentum teacher beats the student); "
+                   "dotted: the teacher at random initialisation, dash-dotted: raw pixels.",
+    "knn_runs": "Teacher and student k-NN per run; dotted: teacher at random initialisation, "
+                "dash-dotted: k-NN on the raw pixels.",
+    "linear": "Linear-probe top-1 on frozen teacher (solid) and student (dashed) features at the "
+              "epochs it was measured, mean ± std over seeds; dotted: the random-init teacher's "
+              "probe, dash-dotted: the probe on raw pixels.",
     "collapse": "Teacher entropy and KL(teacher‖student) over epochs (paper Fig. 7): KL → 0 "
                 "means collapse; entropy → ln K is a uniform collapse, → 0 a one-dimensional one.",
     "patch_size": "Final teacher k-NN vs measured training throughput per patch size "
                   "(paper Fig. 5).",
     "batch_size": "Final teacher k-NN vs batch size (paper Table 9: 100 epochs, no multi-crop).",
+    "attention": "Where the teacher's [CLS] token looks in the last block (mean over heads; "
+                 "red = most attention, blue = least, brightness = the image), on the same "
+                 "validation images (columns) for the first seed of each point (rows). Per-head "
+                 "maps, the student's and the 60 % masks: each run's attention/ folder.",
 }
 
 
@@ -63,39 +74,53 @@ def _escape(value: Any) -> str:
 
 
 def _html_table(headers: list[str], rows: Iterable[list[str]], numeric: list[bool],
-                highlighted: Iterable[bool] | None = None) -> str:
+                highlighted: Iterable[bool] | None = None,
+                flagged: Iterable[bool] | None = None) -> str:
+    """A ``<table>``; ``highlighted`` rows get class ``baseline``, ``flagged`` ``below-init``."""
     head = "".join(f"<th>{_escape(header)}</th>" for header in headers)
     body = []
     marks = list(highlighted) if highlighted is not None else None
+    flags = list(flagged) if flagged is not None else None
     for index, row in enumerate(rows):
         cells = "".join(
             f'<td class="num">{_escape(cell)}</td>' if is_numeric else f"<td>{_escape(cell)}</td>"
             for cell, is_numeric in zip(row, numeric, strict=True)
         )
-        attribute = ' class="baseline"' if marks is not None and marks[index] else ""
+        classes = [name for name, on in (("baseline", marks), ("below-init", flags))
+                   if on is not None and on[index]]
+        attribute = f' class="{" ".join(classes)}"' if classes else ""
         body.append(f"<tr{attribute}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def ablation_table_html(table: AblationTable) -> str:
-    """The ablation table as an HTML ``<table>``; the baseline row is bold."""
+    """The ablation table as an HTML ``<table>``; the baseline row is bold, and points whose
+    teacher ends below its random-init teacher are shaded (besides their ▼ marker)."""
     columns, rows = display_cells(table)
     return _html_table([column.header for column in columns], rows,
-                       [column.numeric for column in columns], table.frame["is_baseline"])
+                       [column.numeric for column in columns], table.frame["is_baseline"],
+                       table.frame["below_init"].astype(bool))
 
 
 def _number(value: Any, digits: int) -> str:
     return "–" if pd.isna(value) else f"{float(value):.{digits}f}"
 
 
+def _percent(value: Any) -> str:
+    return "–" if value is None or pd.isna(value) else f"{float(value) * 100.0:.2f}"
+
+
 def runs_table_html(sweep: Sweep) -> str:
-    """One row per run: point, seed, state, epochs, final kNN, compute, collapse, reason."""
+    """One row per run: point, seed, state, epochs, final kNN and linear probe, the random-init
+    teacher's, the final collapse diagnostics, compute, collapse, reason."""
     runs = sweep.runs
     keys = [key for key in sweep.point_keys if key != "run_id"]
     headers = ["run", *keys, "seed", "state", "epochs", "teacher kNN (%)", "student kNN (%)",
+               "teacher linear (%)", "random-init teacher kNN (%)",
+               "random-init teacher linear (%)", "teacher entropy (nats)",
+               "batch entropy (nats)", "KL (nats)",
                "compute (h)", "images/s", "collapse from epoch", "reason"]
-    numeric = [False, *(False for _ in keys), True, False, True, True, True, True, True, True,
-               False]
+    numeric = [False, *(False for _ in keys), True, False, *(True for _ in range(12)), False]
     rows = []
     for _, run in runs.iterrows():
         planned = "?" if pd.isna(run["epochs_planned"]) else str(int(run["epochs_planned"]))
@@ -107,6 +132,12 @@ def runs_table_html(sweep: Sweep) -> str:
             f"{run['epochs_done']}/{planned}",
             _number(run["knn_teacher"] * 100.0, 2),
             _number(run["knn_student"] * 100.0, 2),
+            _percent(run["linear_teacher"]),
+            _percent(run["knn_teacher_init"]),
+            _percent(run["linear_teacher_init"]),
+            _number(run["final_teacher_entropy"], 2),
+            _number(run["final_teacher_batch_entropy"], 2),
+            _number(run["final_kl_teacher_student"], 2),
             _number(run["compute_hours"], 2),
             _number(run["images_per_s"], 0),
             "–" if pd.isna(run["collapse_epoch"]) else str(int(run["collapse_epoch"])),
@@ -156,14 +187,19 @@ def render_report(sweep: Sweep) -> str:
 <dt>generated</dt><dd>{_escape(created)}</dd>
 </dl>
 <h2>Ablation table</h2>
-<p>Final k-NN top-1 (%) of the teacher and the student, mean ± std over seeds; Δ is the teacher
-k-NN minus the baseline point's, in percentage points. A done run whose metrics end in a
-sustained collapse is shown as collapsed.</p>
-{ablation_table_html(table)}
+<p>Final k-NN and linear-probe top-1 (%) of the teacher and the student, mean ± std over seeds,
+beside the paper's; the randomly initialised teacher and the raw pixels (kNN and linear probe
+on the flattened images) are the baselines of the same evaluation. A point whose teacher ends
+below its random-init teacher is marked ▼ and shaded: its training made the features worse than
+random ones. Δ is the teacher k-NN minus the baseline point's, in percentage points (it says so
+when either side is below random init). A done run whose metrics end in a sustained collapse is
+shown as collapsed; collapse-related sweeps also show the final teacher entropy, batch-mean
+entropy and KL (nats) beside the paper's and ln K.</p>
+<div class="scroll">{ablation_table_html(table)}</div>
 <details><summary>LaTeX</summary><pre>{_escape(to_latex(table))}</pre></details>
 <details><summary>CSV</summary><pre>{_escape(to_csv(table))}</pre></details>
 <h2>Runs</h2>
-{runs_table_html(sweep)}
+<div class="scroll">{runs_table_html(sweep)}</div>
 <h2>Figures</h2>
 {figures}
 </body>

@@ -48,6 +48,13 @@ class RunData:
         epochs_planned: ``status.json`` epochs (planned), None when unknown.
         ln_k: ln(config.head.out_dim), from ``summary.json`` or ``config.yaml``.
         knn_teacher_init, knn_student_init: kNN top-1 (0-1) at random initialisation.
+        linear_teacher_init, linear_student_init: linear-probe top-1 (0-1) at random
+            initialisation (``init.json``; None for runs written before the probe existed).
+        knn_pixels, linear_pixels: kNN and linear-probe top-1 (0-1) on the raw (normalised,
+            flattened) evaluation images: the data set's no-learning baseline.
+        linear_teacher_final, linear_student_final: ``summary.json`` final probe, used when
+            ``metrics.jsonl`` holds no finite ``linear_*`` value.
+        linear_protocol: ``summary.json`` ``linear_protocol`` (``fast`` or ``paper``).
         columns: per-epoch metrics, one array of shape ``(n_epochs,)`` per ``metrics.jsonl`` key.
         truncated_last_line: ``metrics.jsonl`` ended in a partial line that was dropped.
         collapse: collapse classification of the metrics.
@@ -67,6 +74,13 @@ class RunData:
     ln_k: float | None = None
     knn_teacher_init: float | None = None
     knn_student_init: float | None = None
+    linear_teacher_init: float | None = None
+    linear_student_init: float | None = None
+    knn_pixels: float | None = None
+    linear_pixels: float | None = None
+    linear_teacher_final: float | None = None
+    linear_student_final: float | None = None
+    linear_protocol: str | None = None
     columns: dict[str, npt.NDArray[Any]] = field(default_factory=dict)
     truncated_last_line: bool = False
     collapse: CollapseResult = field(default_factory=lambda: CollapseResult("healthy"))
@@ -201,7 +215,8 @@ def read_run(run_dir: Path) -> RunData:
     run_info = _read_json_object(run_dir / "run.json")
     status = _read_json_object(run_dir / "status.json")
     summary = _read_json_object(run_dir / "summary.json")
-    init = _read_json_object(run_dir / "init.json") or summary or {}
+    # summary.json copies the init.json values; init.json wins where both hold a key.
+    init = {**(summary or {}), **(_read_json_object(run_dir / "init.json") or {})}
     metrics = read_metrics(run_dir / "metrics.jsonl")
 
     run = RunData(run_dir=str(run_dir), run_id=run_dir.name)
@@ -220,6 +235,15 @@ def read_run(run_dir: Path) -> RunData:
     run.truncated_last_line = metrics.truncated_last_line
     run.knn_teacher_init = _optional_float(init.get("knn_teacher_init"))
     run.knn_student_init = _optional_float(init.get("knn_student_init"))
+    run.linear_teacher_init = _optional_float(init.get("linear_teacher_init"))
+    run.linear_student_init = _optional_float(init.get("linear_student_init"))
+    run.knn_pixels = _optional_float(init.get("knn_pixels"))
+    run.linear_pixels = _optional_float(init.get("linear_pixels"))
+    if summary is not None:
+        run.linear_teacher_final = _optional_float(summary.get("linear_teacher"))
+        run.linear_student_final = _optional_float(summary.get("linear_student"))
+        protocol = summary.get("linear_protocol")
+        run.linear_protocol = protocol if isinstance(protocol, str) else None
     run.ln_k = _ln_k(summary, run_dir)
     if run.seed is None and run_info is None:
         config = _read_config(run_dir / "config.yaml")

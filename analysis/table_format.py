@@ -2,7 +2,9 @@
 
 Markdown and LaTeX show formatted cells (``72.81 ± 0.35``, ``+1.20``, ``–`` for missing); CSV
 keeps every raw numeric column of the table (means and standard deviations apart, NaN empty) so
-that it can be read back without parsing text.
+that it can be read back without parsing text. Which columns are displayed, and why, is listed
+in :mod:`analysis.tables`; a point whose teacher ends below its random-init teacher reads
+``▼ below random init`` (LaTeX: ``$\bigtriangledown$``, no extra package).
 """
 
 from __future__ import annotations
@@ -36,7 +38,19 @@ _LATEX_ESCAPES: Final = {
     "|": r"\textbar{}",
 }
 #: Unicode used in cells, and its LaTeX form (inserted after escaping).
-_LATEX_SYMBOLS: Final = {"±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$", "–": "--"}
+_LATEX_SYMBOLS: Final = {"±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$", "–": "--",
+                         "▼": r"$\bigtriangledown$"}
+
+#: The marker of a point whose teacher ends below its random-init teacher.
+BELOW_INIT = "▼ below random init"
+
+#: Display labels of paper reference keys (accuracies in percent, diagnostics in nats).
+_PAPER_LABELS: Final = {
+    "knn": "kNN (%)",
+    "linear": "linear (%)",
+    "teacher_entropy": "teacher entropy (nats)",
+    "kl_teacher_student": "KL (nats)",
+}
 
 
 def _is_missing(value: Any) -> bool:
@@ -79,30 +93,74 @@ class Column(NamedTuple):
 
 
 def _columns(table: AblationTable) -> list[Column]:
-    """The displayed columns, in order."""
+    """The displayed columns, in order; each paper value sits beside the measured one."""
     columns = [
         Column("sweep" if key == SINGLE_POINT_KEY else key, _key_cell(key), False)
         for key in table.point_keys
     ]
+    columns.append(Column("seeds", _seeds, True))
+    shown: set[str] = set()
+
+    def paper(key: str) -> None:
+        if key in table.reference_keys:
+            columns.append(Column(f"paper {_PAPER_LABELS.get(key, key)}", _paper_cell(key), True))
+            shown.add(key)
+
+    for probe, label in (("knn", "kNN"), ("linear", "linear")):
+        columns += [
+            Column(f"teacher {label} (%)", _mean_std_cell(f"teacher_{probe}"), True),
+            Column(f"student {label} (%)", _mean_std_cell(f"student_{probe}"), True),
+        ]
+        paper(probe)
     columns += [
-        Column("seeds", _seeds, True),
-        Column("teacher kNN (%)",
-               lambda row: _mean_pm_std(row["teacher_knn_mean"], row["teacher_knn_std"]), True),
-        Column("student kNN (%)",
-               lambda row: _mean_pm_std(row["student_knn_mean"], row["student_knn_std"]), True),
+        Column("random-init teacher kNN (%)", _number_cell("init_teacher_knn"), True),
+        Column("random-init teacher linear (%)", _number_cell("init_teacher_linear"), True),
+        Column("raw-pixel kNN (%)", _number_cell("pixels_knn"), True),
+        Column("raw-pixel linear (%)", _number_cell("pixels_linear"), True),
+        Column("teacher kNN vs random init", _versus_init, True),
+        Column("Δ teacher vs baseline (pp)", _delta_cell(table), True),
     ]
+    if table.show_collapse:
+        columns.append(Column("teacher entropy (nats)",
+                              _mean_std_cell("final_teacher_entropy"), True))
+        paper("teacher_entropy")
+        columns.append(Column("batch entropy (nats)",
+                              _mean_std_cell("final_teacher_batch_entropy"), True))
+        columns.append(Column("KL (nats)", _mean_std_cell("final_kl_teacher_student"), True))
+        paper("kl_teacher_student")
+        columns.append(Column("ln K", _number_cell("ln_k"), True))
     for key in table.reference_keys:
-        # Accuracies are percent; the collapse diagnostics (entropy, KL) are in nats.
-        label = {"knn": "kNN (%)", "linear": "linear (%)"}.get(
-            key, f"{key} (nats)" if key in ("teacher_entropy", "kl_teacher_student") else key)
-        columns.append(Column(f"paper {label}", _paper_cell(key), True))
+        if key not in shown:
+            columns.append(Column(f"paper {_PAPER_LABELS.get(key, key)}", _paper_cell(key),
+                                  True))
     columns += [
-        Column("Δ teacher vs baseline (pp)", _delta, True),
         Column("state", lambda row: str(row["state"]), False),
         Column("epochs", _epochs, True),
         Column("compute (h)", lambda row: _number(row["compute_hours"]), True),
     ]
     return columns
+
+
+def _mean_std_cell(prefix: str) -> Callable[[pd.Series], str]:
+    def cell(row: pd.Series) -> str:
+        return _mean_pm_std(row[f"{prefix}_mean"], row[f"{prefix}_std"])
+
+    return cell
+
+
+def _number_cell(column: str) -> Callable[[pd.Series], str]:
+    def cell(row: pd.Series) -> str:
+        return _number(row[column])
+
+    return cell
+
+
+def _versus_init(row: pd.Series) -> str:
+    """``+16.90 pp`` above the random-init teacher; the marker and the gap below it."""
+    if _is_missing(row["delta_init"]):
+        return MISSING
+    gap = f"{_number(row['delta_init'], signed=True)} pp"
+    return f"{BELOW_INIT} ({gap})" if row["below_init"] else gap
 
 
 def _key_cell(key: str) -> Callable[[pd.Series], str]:
@@ -119,8 +177,25 @@ def _paper_cell(key: str) -> Callable[[pd.Series], str]:
     return cell
 
 
-def _delta(row: pd.Series) -> str:
-    return "baseline" if row["is_baseline"] else _number(row["delta_baseline"], signed=True)
+def _delta_cell(table: AblationTable) -> Callable[[pd.Series], str]:
+    """Δ vs baseline; a point or baseline below random init is said so, not ranked silently."""
+    is_baseline = table.frame["is_baseline"].astype(bool)
+    below = table.frame["below_init"].astype(bool) if "below_init" in table.frame else None
+    baseline_below = below is not None and bool((below & is_baseline).any())
+
+    def cell(row: pd.Series) -> str:
+        if row["is_baseline"]:
+            return f"baseline, {BELOW_INIT}" if baseline_below else "baseline"
+        text = _number(row["delta_baseline"], signed=True)
+        if text == MISSING:
+            return text
+        if row.get("below_init", False):
+            return f"{text} ({BELOW_INIT})"
+        if baseline_below:
+            return f"{text} (baseline {BELOW_INIT.removeprefix('▼ ')})"
+        return text
+
+    return cell
 
 
 def _seeds(row: pd.Series) -> str:
@@ -171,8 +246,10 @@ def to_latex(table: AblationTable) -> str:
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        f"\\caption{{Ablation sweep {latex_escape(table.sweep_name)}: final k-NN top-1 "
-        r"(mean $\pm$ std over seeds).}",
+        f"\\caption{{Ablation sweep {latex_escape(table.sweep_name)}: final k-NN and linear-probe "
+        r"top-1 (mean $\pm$ std over seeds) beside the paper's, with the random-init teacher and "
+        r"raw-pixel baselines; $\bigtriangledown$: the teacher ends below its random-init "
+        r"teacher.}",
         f"\\label{{tab:{label}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         r"\toprule",

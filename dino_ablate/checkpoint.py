@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
+#: Weights only ({teacher, student, epoch, knn_teacher}) of the epoch with the best teacher kNN.
+BEST_KNN = "best_knn.pt"
 REQUIRED_KEYS = ("student", "teacher", "optimizer", "center", "step", "epoch", "metrics",
                  "rng_cpu", "config")
 
@@ -44,6 +46,19 @@ def save(folder: Path, state: dict[str, Any],
     os.replace(tmp, last)
     _fsync_dir(folder)
     return last
+
+
+def save_best(folder: Path, state: dict[str, Any]) -> Path:
+    """Write `state` (weights of the best-kNN epoch) atomically as `best_knn.pt`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{BEST_KNN}.tmp"
+    with tmp.open("wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / BEST_KNN)
+    _fsync_dir(folder)
+    return folder / BEST_KNN
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "dino_ablate.commands.sweep",
     "dino_ablate.commands.status",
     "dino_ablate.commands.bench",
+    "dino_ablate.commands.eval",
+    "dino_ablate.commands.export",
     "analysis.cli",
 )
 

@@ -42,6 +42,10 @@ DatasetName = Literal["digits", "imagefolder", "cifar10", "cifar100", "synthetic
 TeacherUpdate = Literal["ema", "previous_epoch", "previous_iteration", "student_copy"]
 LossKind = Literal["cross_entropy", "mse"]
 Normalization = Literal["centering", "sinkhorn", "none"]
+#: Data sets held as one tensor (no image files): the fast probe is their `auto` protocol.
+IN_MEMORY_DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+LinearProtocolName = Literal["auto", "fast", "paper", "off"]
+LinearFeatures = Literal["auto", "last4_cls", "cls_avgpool", "cls"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,27 @@ class EvalConfig:
                                 "0.07)", gt=0)
     every_epochs: int = _f(1, "evaluate kNN every this many epochs (always at the last)", ge=1)
     batch_size: int = _f(256, "images per forward pass when extracting kNN features", ge=1)
+    linear_protocol: LinearProtocolName = _f(
+        "auto", "linear probe on the frozen teacher and student (App. F.2): `paper` = the "
+        "official eval_linear.py recipe after training (image folders only), `fast` = a probe "
+        "fitted to the features of the un-augmented images (in-memory sets, seconds), `off`; "
+        "auto = fast for digits/CIFAR/synthetic, paper for image folders")
+    linear_every_epochs: int = _f(0, "fast probe every this many epochs as well; 0 = only at "
+                                  "the end (the paper protocol runs only at the end)", ge=0)
+    linear_features: LinearFeatures = _f(
+        "auto", "probe features: `last4_cls` = [CLS] of the last 4 blocks concatenated (official "
+        "ViT-S), `cls_avgpool` = [CLS] + mean patch token (official ViT-B), `cls`; auto = "
+        "cls_avgpool from width 768, else last4_cls")
+    linear_l2: float = _f(1e-3, "fast probe: L2 penalty on the weights per mean sample "
+                          "(scikit-learn's C = 1 / (l2 * N))", gt=0)
+    linear_steps: int = _f(300, "fast probe: L-BFGS iterations at most", ge=1)
+    linear_epochs: int = _f(100, "paper probe: epochs of SGD (official 100)", ge=1)
+    linear_lr: float = _f(1e-3, "paper probe: lr for batch 256, scaled by batch/256 (official "
+                          "0.001), SGD momentum 0.9, no weight decay, cosine to 0", gt=0)
+    linear_batch_size: int = _f(1024, "paper probe: global batch (official 128 per GPU x 8)",
+                                ge=1)
+    attention_images: int = _f(8, "val images whose last-block [CLS] attention maps are saved "
+                               "at the end of a run (attention/); 0 = none", ge=0, le=64)
 
 
 @dataclass(frozen=True)
@@ -353,6 +378,15 @@ def _check_cross_field(cfg: RunConfig, source: str | None) -> None:
             and cfg.model.embed_dim % cfg.model.num_heads:
         fail("model.num_heads", f"{cfg.model.num_heads} does not divide model.embed_dim "
              f"{cfg.model.embed_dim}")
+    in_memory = cfg.data.dataset in IN_MEMORY_DATASETS
+    if cfg.eval.linear_protocol == "paper" and in_memory:
+        fail("eval.linear_protocol", f"'paper' trains on augmented image files; data.dataset "
+             f"{cfg.data.dataset!r} is held in memory; allowed here: fast, auto, off")
+    paper_probe = cfg.eval.linear_protocol == "paper" or (
+        cfg.eval.linear_protocol == "auto" and not in_memory)
+    if paper_probe and cfg.eval.linear_every_epochs:
+        fail("eval.linear_every_epochs", f"{cfg.eval.linear_every_epochs}: the paper probe is "
+             "a 100-epoch job run only at the end; allowed with it: 0 (or linear_protocol fast)")
     if not cfg.model.arch.startswith("vit"):
         fail("model.arch", f"{cfg.model.arch!r} is not a timm ViT; allowed: a timm model name "
              "starting with 'vit' (e.g. vit_small_patch16_224)")

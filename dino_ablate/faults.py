@@ -4,7 +4,8 @@ Never set in normal use. `DINO_ABLATE_FAULT` holds `kind:value` items separated 
 - `nan_step:K`       the batch of step K is replaced by NaNs (a non-finite loss at step K);
 - `kill_step:K`      SIGKILL this process just before step K;
 - `kill_eval:E`      SIGKILL during the kNN evaluation of epoch E;
-- `kill_checkpoint:E` SIGKILL half-way through writing the checkpoint of epoch E.
+- `kill_checkpoint:E` SIGKILL half-way through writing the checkpoint of epoch E;
+- `kill_linear:E`    SIGKILL after the first training step of paper linear-probe epoch E.
 Each kill fires once per run directory (a marker file), so the resumed run goes on.
 An item may end in `@FRAGMENT`: it then applies only to run directories whose name contains
 FRAGMENT (one point of a sweep: `nan_step:5@seed-1`).

@@ -7,6 +7,8 @@ Feature extraction is split across ranks and gathered, so every rank gets the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -33,8 +35,15 @@ def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor,
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, data: EvalSet, batch_size: int,
-                     device: torch.device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """L2-normalised features (N, D) of all of `data`, computed in rank-strided shards."""
+                     device: torch.device, autocast_dtype: torch.dtype | None,
+                     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     normalize: bool = True) -> torch.Tensor:
+    """Features (N, D) of all of `data`, computed in rank-strided shards and gathered.
+
+    `forward` maps a batch of images to features (default: the backbone itself, i.e. its [CLS]
+    output); `normalize` L2-normalises them (the kNN protocol) or leaves them raw (the probe).
+    """
+    forward = forward or backbone
     was_training = backbone.training
     backbone.eval()
     n, world, rank = len(data), dist.world_size(), dist.rank()
@@ -45,8 +54,8 @@ def extract_features(backbone: nn.Module, data: EvalSet, batch_size: int,
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            out = backbone(images)
-        feats.append(F.normalize(out.float(), dim=1))
+            out = forward(images).float()
+        feats.append(F.normalize(out, dim=1) if normalize else out)
     local = torch.cat(feats)  # (per_rank, D), rank r holds positions r, r+world, ...
     gathered = dist.all_gather_cat(local)  # (world * per_rank, D), rank-major
     order = gathered.view(world, per_rank, -1).transpose(0, 1).reshape(world * per_rank, -1)

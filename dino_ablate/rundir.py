@@ -84,9 +84,9 @@ class RunDir:
         write_json(self.path / "status.json", {"state": state, "reason": reason, "epoch": epoch,
                                                "epochs": epochs, "step": step, "updated": now})
 
-    def write_init(self, knn_teacher: float, knn_student: float) -> None:
-        write_json(self.path / "init.json", {"knn_teacher_init": knn_teacher,
-                                             "knn_student_init": knn_student})
+    def write_init(self, record: dict[str, Any]) -> None:
+        """init.json: the random-init networks' evaluation and the pixel baselines."""
+        write_json(self.path / "init.json", record)
 
     def read_init(self) -> dict[str, Any] | None:
         return read_json(self.path / "init.json")

@@ -20,9 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 from dino_ablate import checkpoint, dist, faults
 from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
 from dino_ablate.data import load_data
-from dino_ablate.knn import knn_accuracy
+from dino_ablate.evaluate import Evaluator
 from dino_ablate.model import (
-    MultiCropNetwork,
     build_networks,
     num_tokens,
     set_fused_attention,
@@ -34,8 +33,6 @@ from dino_ablate.step import TrainState, param_groups, train_step
 from dino_ablate.teacher import make_teacher_rule
 
 log = logging.getLogger("dino_ablate.train")
-
-TIMING_KEYS = ("images_per_s", "epoch_seconds", "eval_seconds", "peak_memory_mb")
 
 
 def semantic_config(cfg: RunConfig) -> dict[str, Any]:
@@ -181,14 +178,9 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     semantic = semantic_config(cfg)
 
     state_dict = checkpoint.load_latest(rd.checkpoints, semantic)
-    bank, queries = data.knn_sets(cfg.seed)
-
-    def knn(model: torch.nn.Module) -> float:
-        module = model.module if isinstance(model, DistributedDataParallel) else model
-        assert isinstance(module, MultiCropNetwork)
-        return knn_accuracy(module.backbone, bank, queries, data.num_classes, cfg.eval.knn_k,
-                            cfg.eval.knn_temperature, cfg.eval.batch_size, device,
-                            autocast_dtype)
+    embed_dim = int(teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
+    evaluator = Evaluator(cfg, data, embed_dim, device, autocast_dtype)
+    knn = evaluator.knn
 
     if state_dict is not None:
         student.load_state_dict(state_dict["student"])
@@ -207,11 +199,13 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     else:
         init = rd.read_init()
         if init is None:
-            k_teacher, k_student = knn(teacher), knn(student)
+            init = evaluator.init_record(teacher, student)
             if is_main:
-                rd.write_init(k_teacher, k_student)
+                rd.write_init(init)
                 rd.write_metrics([])
-            log.info("random-init kNN top-1: teacher %.4f student %.4f", k_teacher, k_student)
+            log.info("random-init kNN top-1: teacher %.4f student %.4f; raw pixels: kNN %s "
+                     "linear %s", init["knn_teacher_init"], init["knn_student_init"],
+                     _pct(init.get("knn_pixels")), _pct(init.get("linear_pixels")))
         elif is_main:
             rd.write_metrics([])
 
@@ -281,6 +275,11 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
             record["knn_student"] = knn(model)
         else:
             record["knn_teacher"] = record["knn_student"] = None
+        t_linear = time.perf_counter()
+        due = evaluator.linear_due(epoch + 1)
+        record["linear_teacher"] = evaluator.linear(teacher) if due else None
+        record["linear_student"] = evaluator.linear(model) if due else None
+        record["linear_seconds"] = time.perf_counter() - t_linear
         record["eval_seconds"] = time.perf_counter() - t_eval
         record["epoch_seconds"] = time.perf_counter() - t0
         record["peak_memory_mb"] = _peak_memory_mb(device)
@@ -295,6 +294,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
                 "config": semantic,
             }, mid_write=functools.partial(faults.maybe_kill, "kill_checkpoint", epoch + 1,
                                            run_dir))
+            _save_best_knn(rd, history, student, teacher)
             rd.append_metrics(record)
             rd.write_status("running", epoch + 1, cfg.epochs, last_step + 1)
             log.info("epoch %d/%d loss %.4f entropy %.3f kl %.3f knn teacher %s student %s "
@@ -303,16 +303,49 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
                      _pct(record["knn_student"]), record["epoch_seconds"])
         dist.barrier()
         if cfg.runtime.collapse_stop and _collapsed(history, cfg):
+            final = _end_of_run(rd, evaluator, teacher, student, history, is_main)
             if is_main:
                 rd.write_status("done", epoch + 1, cfg.epochs, last_step + 1,
                                 reason="stopped early: collapse detected")
-                _write_summary(rd, cfg, history, run_start, "done")
+                _write_summary(rd, cfg, history, run_start, "done", final)
             return "done"
 
+    final = _end_of_run(rd, evaluator, teacher, student, history, is_main)
     if is_main:
         rd.write_status("done", cfg.epochs, cfg.epochs, sched.total_steps)
-        _write_summary(rd, cfg, history, run_start, "done")
+        _write_summary(rd, cfg, history, run_start, "done", final)
     return "done"
+
+
+def _save_best_knn(rd: RunDir, history: list[dict[str, Any]], student: torch.nn.Module,
+                   teacher: torch.nn.Module) -> None:
+    """Keep the weights of the epoch with the best teacher kNN so far (`export --which`)."""
+    value = history[-1]["knn_teacher"]
+    earlier = [r["knn_teacher"] for r in history[:-1] if r.get("knn_teacher") is not None]
+    if value is None or not math.isfinite(value) or (earlier and value <= max(earlier)):
+        return
+    checkpoint.save_best(rd.checkpoints, {"student": student.state_dict(),
+                                          "teacher": teacher.state_dict(),
+                                          "epoch": history[-1]["epoch"], "knn_teacher": value})
+
+
+def _end_of_run(rd: RunDir, evaluator: Evaluator, teacher: torch.nn.Module,
+                student: torch.nn.Module, history: list[dict[str, Any]],
+                is_main: bool) -> dict[str, Any]:
+    """The evaluations after the last epoch: the paper probe job and the attention maps.
+
+    Returns the final linear-probe values for summary.json.
+    """
+    last = history[-1] if history else {}
+    final: dict[str, Any] = {"linear_protocol": evaluator.proto.protocol,
+                             "linear_teacher": last.get("linear_teacher"),
+                             "linear_student": last.get("linear_student")}
+    if evaluator.proto.protocol == "paper":
+        result = evaluator.paper_linear(teacher, student, rd.path / "linear")
+        final["linear_teacher"], final["linear_student"] = result["teacher"], result["student"]
+    if is_main:
+        evaluator.attention(teacher, student, rd.path / "attention", int(last.get("epoch", 0)))
+    return final
 
 
 def _pct(value: float | None) -> str:
@@ -352,15 +385,19 @@ def _collapsed(history: list[dict[str, Any]], cfg: RunConfig) -> bool:
     return bool(result.collapsed)
 
 
+#: init.json keys copied into summary.json (the baselines beside the final values).
+INIT_KEYS = ("knn_teacher_init", "knn_student_init", "linear_teacher_init",
+             "linear_student_init", "knn_pixels", "linear_pixels")
+
+
 def _write_summary(rd: RunDir, cfg: RunConfig, history: list[dict[str, Any]],
-                   run_start: float, state: str) -> None:
+                   run_start: float, state: str, final: dict[str, Any]) -> None:
     init = rd.read_init() or {}
     rd.write_summary({
         "state": state, "epochs": history[-1]["epoch"] if history else 0,
         "steps": history[-1]["step"] if history else 0,
         "wall_seconds": sum(r["epoch_seconds"] for r in history),
-        "knn_teacher_init": init.get("knn_teacher_init"),
-        "knn_student_init": init.get("knn_student_init"),
+        **{key: init.get(key) for key in INIT_KEYS}, **final,
         "final": history[-1] if history else None, "ln_k": math.log(cfg.head.out_dim),
     })
 

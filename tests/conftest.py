@@ -28,6 +28,10 @@ from typing import Any, NoReturn
 
 import pytest
 
+# The raw-pixel baselines cache (dino_ablate.baselines) of this test session, not the user's
+# home; trials started by Ray or SLURM inherit it through the environment.
+os.environ.setdefault("DINO_ABLATE_CACHE", tempfile.mkdtemp(prefix="dino_ablate_cache_"))
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SLURM_SCRIPTS = REPO_ROOT / "scripts" / "slurm"
 

@@ -10,7 +10,7 @@ import yaml
 
 from tests.tiny import run_train
 
-TIMING = {"images_per_s", "epoch_seconds", "eval_seconds", "peak_memory_mb"}
+TIMING = {"images_per_s", "epoch_seconds", "eval_seconds", "linear_seconds", "peak_memory_mb"}
 
 
 def _metrics(run: Path) -> list[dict]:

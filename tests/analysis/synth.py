@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 METRIC_KEYS = (
     "epoch",
     "step",
@@ -30,6 +32,12 @@ METRIC_KEYS = (
     "peak_memory_mb",
 )
 
+#: Linear-probe keys of a metrics record (present when ``make_records`` is given a final value).
+LINEAR_KEYS = ("linear_teacher", "linear_student")
+
+#: ``init.json`` keys of the baselines added with the linear probe (``write_run(baselines=)``).
+BASELINE_KEYS = ("linear_teacher_init", "linear_student_init", "knn_pixels", "linear_pixels")
+
 
 def make_records(
     epochs: int,
@@ -42,6 +50,9 @@ def make_records(
     images_per_s: float = 1000.0,
     epoch_seconds: float = 60.0,
     steps_per_epoch: int = 21,
+    linear_teacher_final: float | None = None,
+    linear_student_final: float | None = None,
+    linear_every: int = 1,
 ) -> list[dict[str, Any]]:
     """Per-epoch records of a run (epoch counts from 1).
 
@@ -53,9 +64,12 @@ def make_records(
         collapse: None for a healthy run, ``"uniform"`` (entropy -> ln K) or ``"one-dim"``
             (entropy -> 0); from epoch ``collapse_at`` on the KL is 0.
         images_per_s, epoch_seconds: constant throughput and epoch time.
+        linear_teacher_final, linear_student_final: with a value, records carry
+            ``linear_teacher``/``linear_student`` rising like kNN towards it, measured every
+            ``linear_every`` epochs and at the last one (null on the others).
     """
     ln_k = math.log(out_dim)
-    records = []
+    records: list[dict[str, Any]] = []
     for epoch in range(1, epochs + 1):
         progress = 1.0 - math.exp(-epoch / max(epochs / 4.0, 1.0))
         scale = progress / (1.0 - math.exp(-epochs / max(epochs / 4.0, 1.0)))
@@ -83,6 +97,12 @@ def make_records(
                 "peak_memory_mb": 2048.0,
             }
         )
+        if linear_teacher_final is not None:
+            measured = epoch % linear_every == 0 or epoch == epochs
+            student_final = (linear_student_final if linear_student_final is not None
+                             else linear_teacher_final)
+            records[-1]["linear_teacher"] = linear_teacher_final * scale if measured else None
+            records[-1]["linear_student"] = student_final * scale if measured else None
     return records
 
 
@@ -114,6 +134,8 @@ def write_run(
     with_run_json: bool = True,
     with_summary: bool | None = None,
     truncate_last_line: bool = False,
+    baselines: dict[str, float] | None = None,
+    linear_protocol: str | None = None,
 ) -> Path:
     """Write one run directory.
 
@@ -123,6 +145,10 @@ def write_run(
         records: metrics records (default: none).
         with_summary: write ``summary.json``; default only when ``state`` is not running.
         truncate_last_line: append half of an extra record without a newline.
+        baselines: extra ``init.json`` values (:data:`BASELINE_KEYS`), copied to the summary
+            like the trainer does; default none (a run written before they existed).
+        linear_protocol: ``summary.json`` ``linear_protocol``; the summary also gets the last
+            ``linear_*`` values of ``records`` when they carry any.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = run_id or run_dir.name
@@ -141,7 +167,7 @@ def write_run(
     records = list(records or [])
     planned = planned_epochs if planned_epochs is not None else len(records)
     (run_dir / "config.yaml").write_text(config_yaml(out_dim, seed))
-    init_info = {"knn_teacher_init": init[0], "knn_student_init": init[1]}
+    init_info = {"knn_teacher_init": init[0], "knn_student_init": init[1], **(baselines or {})}
     (run_dir / "init.json").write_text(json.dumps(init_info))
     text = "".join(json.dumps(record) + "\n" for record in records)
     if truncate_last_line:
@@ -170,6 +196,12 @@ def write_run(
             "final": records[-1] if records else None,
             "ln_k": math.log(out_dim),
         }
+        for key in LINEAR_KEYS:
+            values = [r[key] for r in records if r.get(key) is not None]
+            if values:
+                summary[key] = values[-1]
+        if linear_protocol is not None:
+            summary["linear_protocol"] = linear_protocol
         (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -203,3 +235,46 @@ def write_sweep(
         }
         (root / "sweep.json").write_text(json.dumps(meta))
     return root
+
+
+def write_attention(
+    run_dir: Path,
+    *,
+    n_images: int = 4,
+    heads: int = 3,
+    image_size: int = 16,
+    patch_size: int = 4,
+    channels: int = 1,
+    epoch: int = 3,
+    indices: Sequence[int] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write ``run_dir/attention/maps.npz`` as docs/run_directory.md describes it.
+
+    Images are seeded noise; each head's attention is a seeded bump over the patch grid
+    (``ceil(image_size / patch_size)`` a side), normalised to sum to 1; the masks keep the
+    top patches holding 60 % of the mass.
+    """
+    rng = np.random.default_rng(seed)
+    grid = -(-image_size // patch_size)
+    images = rng.random((n_images, image_size, image_size, channels), dtype=np.float32)
+    rows, cols = np.mgrid[0:grid, 0:grid]
+    maps = {}
+    for name in ("teacher", "student"):
+        centres = rng.random((n_images, heads, 2)) * grid
+        distance = ((rows - centres[..., :1, None]) ** 2 + (cols - centres[..., 1:, None]) ** 2)
+        bumps = np.exp(-distance / 2.0).astype(np.float32)
+        maps[name] = bumps / bumps.sum(axis=(-2, -1), keepdims=True)
+        flat = maps[name].reshape(n_images, heads, -1)
+        order = np.argsort(-flat, axis=-1, kind="stable")
+        ranked = np.take_along_axis(flat, order, axis=-1)
+        kept = np.zeros(flat.shape, dtype=bool)
+        np.put_along_axis(kept, order, np.cumsum(ranked, axis=-1) - ranked < 0.6, axis=-1)
+        maps[f"{name}_mask"] = kept.reshape(maps[name].shape)
+    out = run_dir / "attention"
+    out.mkdir(parents=True, exist_ok=True)
+    positions = list(indices) if indices is not None else list(range(0, 3 * n_images, 3))
+    np.savez(out / "maps.npz", images=images, indices=np.asarray(positions, dtype=np.int64),
+             patch_size=np.asarray(patch_size, dtype=np.int64),
+             epoch=np.asarray(epoch, dtype=np.int64), **maps)
+    return out / "maps.npz"

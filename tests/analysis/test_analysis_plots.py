@@ -127,7 +127,9 @@ def test_knn_overlay_draws_lines_when_knn_is_measured_every_other_epoch(tmp_path
                      "varied": {"teacher.update": update}, "seed": seed, "records": records})
     sweep_dir = synth.write_sweep(tmp_path / "sweep", runs)
     ax = knn_overlay_figure(load_sweep(sweep_dir)).axes[0]
-    curves = [line for line in ax.get_lines() if len(np.asarray(line.get_xdata())) > 0]
+    # gid None: not one of the baseline reference lines (random-init teacher, raw pixels)
+    curves = [line for line in ax.get_lines()
+              if len(np.asarray(line.get_xdata())) > 0 and line.get_gid() is None]
     assert len(curves) == 4  # teacher and student of two points
     for line in curves:
         assert np.asarray(line.get_xdata()).tolist() == [2, 4, 6, 8, 10]

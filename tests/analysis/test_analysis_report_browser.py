@@ -23,6 +23,7 @@ import pytest
 
 from analysis.load import load_sweep
 from analysis.report import write_report
+from tests.analysis import synth
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -101,13 +102,16 @@ def _console_lines(stderr: str) -> list[str]:
 
 def test_report_images_load_in_chromium(small_sweep: Path, tmp_path: Path) -> None:
     _chromium()
+    for run in ("p0", "p1"):  # the side-by-side attention figure joins the report
+        synth.write_attention(small_sweep / "runs" / run, patch_size=4 * (1 + int(run[1])))
     report = write_report(load_sweep(small_sweep), tmp_path / "report.html")
     page = tmp_path / "report_checked.html"
     page.write_text(_with_probe(report.read_text(encoding="utf-8")), encoding="utf-8")
 
     result, stderr = _check_in_browser(page, tmp_path / "profile")
 
-    assert len(result["images"]) == 3
+    assert [image["alt"] for image in result["images"]] == [
+        "knn overlay", "knn runs", "collapse", "attention"]
     for image in result["images"]:
         assert image["complete"] and image["naturalWidth"] > 0 and image["naturalHeight"] > 0, \
             image

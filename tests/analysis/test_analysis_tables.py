@@ -106,10 +106,14 @@ def test_markdown(table: AblationTable) -> None:
     assert lines[0].startswith("| teacher.update | seeds | teacher kNN (%) | student kNN (%)")
     assert "paper kNN (%)" in lines[0] and "Δ teacher vs baseline (pp)" in lines[0]
     assert len(lines) == 2 + 5
-    assert "| ema | 3 | 72.00 ± 2.00 | 68.00 ± 2.00 | 72.80 | baseline | done | 10/10 | 3.00 |" \
-        in text
-    assert "| student_copy | 3 | 12.00 ± 2.00 |" in text and "| -60.00 |" in text
-    assert "| not_started | 0/1 | – | – | – | – | pending | 0/? | – |" in text
+    # The runs predate the linear probe: linear and raw-pixel cells are missing (–).
+    assert "| ema | 3 | 72.00 ± 2.00 | 68.00 ± 2.00 | 72.80 | – | – | 30.00 | – | – | – " \
+        "| +42.00 pp | baseline |" in text
+    assert "| done | 10/10 | 3.00 |" in lines[2]
+    assert "| student_copy | 3 | 12.00 ± 2.00 |" in text
+    assert "| -60.00 (▼ below random init) |" in text
+    assert lines[-1].startswith("| not_started | 0/1 | – | – | – |")
+    assert lines[-1].endswith("| – | pending | 0/? | – |")
 
 
 def test_markdown_escapes_pipes(tmp_path: Path) -> None:
@@ -123,9 +127,9 @@ def test_latex(table: AblationTable) -> None:
     assert text.startswith(r"\begin{table}") and text.rstrip().endswith(r"\end{table}")
     assert r"\begin{tabular}{l" in text and r"\toprule" in text and r"\bottomrule" in text
     assert r"teacher kNN (\%)" in text and r"$\Delta$ teacher" in text
-    assert r"ema & 3 & 72.00 $\pm$ 2.00 & 68.00 $\pm$ 2.00 & 72.80 & baseline" in text
+    assert r"ema & 3 & 72.00 $\pm$ 2.00 & 68.00 $\pm$ 2.00 & 72.80 & -- & -- & 30.00" in text
     assert r"student\_copy" in text and r"teacher\_update" in text
-    assert "±" not in text and "–" not in text and "Δ" not in text
+    assert "±" not in text and "–" not in text and "Δ" not in text and "▼" not in text
     body = [line for line in text.splitlines() if line.endswith(r"\\")]
     assert all(line.count(" & ") == body[0].count(" & ") for line in body)
 

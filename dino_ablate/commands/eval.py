@@ -1,0 +1,99 @@
+"""`dino-ablate eval RUN_DIR [--knn] [--linear] [--attention] [--which last|best-knn]`.
+
+Evaluates a checkpoint of an existing run directory (finished, or still training: the
+checkpoint files are replaced atomically, so a read never sees half of one) without touching
+its training files. Results go to `RUN_DIR/eval/<which>-epoch<NNN>/`: `eval.json`, and
+`attention/` and `linear/` (the resumable paper probe) when asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("dino_ablate.eval")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "eval", help="evaluate a run directory's checkpoint (kNN, linear probe, attention)",
+        description="Evaluate the teacher and student of RUN_DIR's last (or best-kNN) "
+        "checkpoint with the run's own evaluation settings. Without --knn/--linear/--attention "
+        "all three run. Writes RUN_DIR/eval/<which>-epoch<NNN>/ only.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--knn", action="store_true", help="weighted k-NN (the run's k and T)")
+    p.add_argument("--linear", action="store_true",
+                   help="linear probe with the run's protocol (eval.linear_protocol)")
+    p.add_argument("--attention", action="store_true", help="last-block [CLS] attention maps")
+    p.add_argument("--which", choices=("last", "best-knn"), default="last",
+                   help="checkpoint to evaluate (default last)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dino_ablate.rundir import read_json, write_json
+
+    wanted = [name for name in ("knn", "linear", "attention") if getattr(args, name)]
+    wanted = wanted or ["knn", "linear", "attention"]
+    result, out_dir = evaluate_run(args.run_dir, args.which, wanted)
+    # An earlier evaluation of the same checkpoint keeps the values this one did not compute.
+    write_json(out_dir / "eval.json", {**(read_json(out_dir / "eval.json") or {}), **result})
+    shown = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.items()
+                      if k.startswith(("knn_", "linear_t", "linear_s")) and v is not None)
+    print(f"epoch {result['epoch']} ({args.which}): {shown or 'attention only'} -> {out_dir}")
+    return 0
+
+
+def evaluate_run(run_dir: Path, which: str, wanted: list[str]) -> tuple[dict[str, Any], Path]:
+    """Rebuild the run's networks from its checkpoint and evaluate them (module docstring)."""
+    import torch
+
+    from dino_ablate.data import load_data
+    from dino_ablate.evaluate import Evaluator
+    from dino_ablate.export import open_run_checkpoint
+    from dino_ablate.model import build_networks
+    from dino_ablate.train import pick_device
+
+    cfg, _, source, state = open_run_checkpoint(run_dir, which)
+    device = pick_device(cfg)
+    autocast = torch.bfloat16 if device.type == "cuda" and cfg.runtime.precision != "fp32" \
+        else None
+    data = load_data(cfg.data, device)
+    student, teacher = build_networks(cfg.model, cfg.head, cfg.data.global_crop_size,
+                                      data.channels)
+    student.load_state_dict(state["student"])
+    teacher.load_state_dict(state["teacher"])
+    student.to(device)
+    teacher.to(device)
+    embed_dim = int(teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
+    evaluator = Evaluator(cfg, data, embed_dim, device, autocast)
+    epoch = int(state["epoch"])
+    out_dir = run_dir / "eval" / f"{which}-epoch{epoch:03d}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"which": which, "epoch": epoch, "checkpoint": str(source),
+                              "evaluated": datetime.datetime.now(datetime.UTC)
+                              .isoformat(timespec="seconds")}
+    if "knn" in wanted:
+        result["knn_teacher"], result["knn_student"] = evaluator.knn(teacher), \
+            evaluator.knn(student)
+    if "linear" in wanted and evaluator.proto.protocol != "off":
+        result["linear_protocol"] = evaluator.proto.protocol
+        if evaluator.proto.protocol == "paper":
+            probe = evaluator.paper_linear(teacher, student, out_dir / "linear")
+            result["linear_teacher"], result["linear_student"] = probe["teacher"], \
+                probe["student"]
+        else:
+            result["linear_teacher"] = evaluator.linear(teacher)
+            result["linear_student"] = evaluator.linear(student)
+    if "attention" in wanted:
+        from dino_ablate.attention import save_attention
+
+        save_attention(out_dir / "attention", teacher.backbone, student.backbone,
+                       evaluator.queries, n_images=max(cfg.eval.attention_images, 1),
+                       seed=0, patch_size=cfg.model.patch_size, epoch=epoch,
+                       mean=evaluator.display_mean, std=evaluator.display_std, device=device)
+        result["attention"] = str(out_dir / "attention")
+    return result, out_dir
