@@ -86,12 +86,20 @@ PAPER_RECIPE: dict[str, Any] = {
     "optim.freeze_last_layer_epochs": 1,
     "eval.knn_k": 20,
     "eval.knn_temperature": 0.07,
+    # The official linear evaluation (App. F.2, DINO.md §2.12); test_paper_linear_protocol.py
+    # checks what these resolve to for every paper point.
+    "eval.linear_protocol": "auto",
+    "eval.linear_features": "auto",
+    "eval.linear_epochs": 100,
+    "eval.linear_lr": 1e-3,
+    "eval.linear_batch_size": 1024,
 }
 
 #: Keys that do not change what a run learns; the paper profiles may set them freely (kNN
 #: every 10 epochs instead of every epoch, loader workers, device, logging).
 NON_TRAINING_KEYS = {"epochs", "data.train_split", "data.val_split", "data.num_workers",
-                     "eval.every_epochs", "eval.batch_size"}
+                     "eval.every_epochs", "eval.batch_size", "eval.linear_every_epochs",
+                     "eval.linear_l2", "eval.linear_steps", "eval.attention_images"}
 
 
 @dataclass(frozen=True)
