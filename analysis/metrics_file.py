@@ -37,7 +37,7 @@ def _parse_all_at_once(lines: list[str]) -> list[dict[str, Any]] | None:
     """One ``json.loads`` over the whole file (fast); None when any line is malformed."""
     try:
         parsed = json.loads("[" + ",".join(lines) + "]")
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: a line nested too deep
         return None
     if len(parsed) != len(lines) or not all(isinstance(item, dict) for item in parsed):
         return None
@@ -52,7 +52,7 @@ def _parse_line_by_line(lines: list[str], source: str) -> MetricsParse:
     for index, line in enumerate(lines):
         try:
             item = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             item = None
         if isinstance(item, dict):
             records.append(item)

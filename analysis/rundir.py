@@ -99,9 +99,12 @@ def _read_json_object(path: Path) -> dict[str, Any] | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as error:
+        logger.warning("%s: not UTF-8 text (%s); ignored", path, error)
+        return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deep
         logger.warning("%s: not valid JSON (%s); ignored", path, error)
         return None
     if not isinstance(value, dict):
@@ -115,9 +118,12 @@ def _read_config(path: Path) -> dict[str, Any] | None:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as error:
+        logger.warning("%s: not UTF-8 text (%s); ignored", path, error)
+        return None
     try:
         value = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, RecursionError) as error:  # RecursionError: nested too deep
         logger.warning("%s: not valid YAML (%s); ignored", path, error)
         return None
     return value if isinstance(value, dict) else None

@@ -84,7 +84,7 @@ def _read_sweep_meta(root: Path) -> dict[str, Any]:
         return {}
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # not UTF-8 or JSON, too deep
         raise NotASweepDirectory(path, f"cannot read sweep file: {error}") from error
     if not isinstance(meta, dict):
         raise NotASweepDirectory(path, "sweep file must hold a JSON object")

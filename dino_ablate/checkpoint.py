@@ -7,13 +7,17 @@ a checkpoint can hold tensors and plain Python data, never arbitrary objects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+
+from dino_ablate.errors import ConfigError
+from dino_ablate.identity import first_difference
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +33,20 @@ def save(folder: Path, state: dict[str, Any],
          mid_write: Callable[[], None] | None = None) -> Path:
     """Write `state` as the new last checkpoint, keeping the old one as previous.
 
-    `mid_write` runs after the temporary file is written and before the renames (the fault
-    tests kill the process there).
+    `mid_write` runs after the temporary file is written and before the renames (the trainer
+    appends the epoch's metrics record there; the fault tests kill the process or fail the
+    write there). A failure up to then (a full disk, a read-only directory) removes the
+    temporary file and leaves `last.pt` and `previous.pt` as they were.
     """
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{LAST}.tmp"
-    with tmp.open("wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if mid_write is not None:
-        mid_write()
+    try:
+        _write(tmp, state)
+        if mid_write is not None:
+            mid_write()
+    except BaseException:
+        _remove(tmp)
+        raise
     last = folder / LAST
     if last.exists():
         os.replace(last, folder / PREVIOUS)
@@ -52,13 +59,62 @@ def save_best(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` (weights of the best-kNN epoch) atomically as `best_knn.pt`."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{BEST_KNN}.tmp"
-    with tmp.open("wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        _write(tmp, state)
+    except BaseException:
+        _remove(tmp)
+        raise
     os.replace(tmp, folder / BEST_KNN)
     _fsync_dir(folder)
     return folder / BEST_KNN
+
+
+def _write(path: Path, state: dict[str, Any]) -> None:
+    with path.open("wb") as fh:
+        torch_save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class _KeepWriteError:
+    """A binary file whose `write` remembers the OSError it raised."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def torch_save(state: dict[str, Any], fh: BinaryIO) -> None:
+    """`torch.save(state, fh)`, raising a failed write as its OSError (ENOSPC, EROFS, ...).
+
+    torch.save reports a write that failed (measured on a full tmpfs) as a RuntimeError about
+    zip offsets ("unexpected pos 550592 vs 550480"), which hides that the disk is full.
+    """
+    writer = _KeepWriteError(fh)
+    try:
+        torch.save(state, writer)  # type: ignore[arg-type]  # any object with write()
+    except RuntimeError as exc:
+        error = writer.error
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror, error.filename or getattr(fh, "name", None)
+                      ) from exc
+
+
+def _remove(path: Path) -> None:
+    """Remove a partial temporary file: on a full disk it holds the space the run needs."""
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -69,30 +125,41 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _load_one(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+def _load_one(path: Path) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError("not a checkpoint mapping")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"missing keys {missing}")
-    if state["config"] != config:
-        raise ValueError("written by a different run config")
+    if not isinstance(state["config"], dict):
+        raise ValueError("its config is not a mapping")
     return state
 
 
 def load_latest(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
-    """The newest valid checkpoint, or None when there is none.
+    """The newest valid checkpoint of the run whose config is `config`, or None when there
+    is none.
 
     A truncated or corrupt `last.pt` is skipped with a warning naming the file, and the run
-    resumes from `previous.pt`.
+    resumes from `previous.pt`. A checkpoint of another run (its stored config differs in a
+    key that defines the run: `identity`) raises ConfigError naming the first such key: it is
+    never skipped and later overwritten. Keys that do not define the run (runtime, data root,
+    workers) may differ. Checkpoints written before the identity existed store the config
+    without `runtime`; they load.
     """
     for name in (LAST, PREVIOUS):
         path = folder / name
         if not path.exists():
             continue
         try:
-            return _load_one(path, config)
+            state = _load_one(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, loudly
             log.warning("checkpoint %s is unusable (%s); trying the previous one", path, exc)
+            continue
+        diff = first_difference(state["config"], config)
+        if diff is not None:
+            raise ConfigError(f"{path} was written by a different run ({diff}); refusing to "
+                              "overwrite it: choose another --out", key=diff.split(":", 1)[0])
+        return state
     return None

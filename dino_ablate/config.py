@@ -18,7 +18,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,16 +26,28 @@ from typing import Any, Literal
 
 import yaml
 
+from dino_ablate import safeload
 from dino_ablate.errors import ConfigError, unknown_key
 
 
 def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
-       le: float | None = None, lt: float | None = None) -> Any:
-    """A dataclass field carrying its documentation and numeric bounds."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt}
+       le: float | None = None, lt: float | None = None,
+       check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field carrying its documentation, numeric bounds and an optional `check`
+    of the whole (canonical) value that returns what is wrong with it, or None."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "check": check}
     if isinstance(default, (list, dict)):
         raise TypeError("mutable defaults are not allowed")
     return field(default=default, metadata=meta)
+
+
+def _scale_range(value: tuple[float, float]) -> str | None:
+    """RandomResizedCrop's area range."""
+    return None if 0 < value[0] < value[1] <= 1 else "must be [low, high] with 0 < low < high <= 1"
+
+
+def _probabilities(value: tuple[float, ...]) -> str | None:
+    return None if all(0 <= v <= 1 for v in value) else "must hold probabilities in [0, 1]"
 
 
 DatasetName = Literal["digits", "imagefolder", "cifar10", "cifar100", "synthetic"]
@@ -67,15 +79,17 @@ class DataConfig:
                               "Table 7 row 4 uses 0)", ge=0, le=64)
     global_crop_scale: tuple[float, float] = _f(
         (0.4, 1.0), "RandomResizedCrop area range of global crops (paper (0.4, 1); the official "
-        "code recommends (0.14, 1) without multi-crop)")
+        "code recommends (0.14, 1) without multi-crop)", check=_scale_range)
     local_crop_scale: tuple[float, float] = _f(
-        (0.05, 0.4), "RandomResizedCrop area range of local crops (paper (0.05, 0.4))")
+        (0.05, 0.4), "RandomResizedCrop area range of local crops (paper (0.05, 0.4))",
+        check=_scale_range)
     flip_prob: float = _f(0.5, "horizontal flip probability (paper 0.5)", ge=0, le=1)
     color_jitter_prob: float = _f(0.8, "colour jitter probability; brightness 0.4, contrast 0.4, "
                                   "saturation 0.2, hue 0.1 (paper 0.8)", ge=0, le=1)
     grayscale_prob: float = _f(0.2, "random grayscale probability (paper 0.2)", ge=0, le=1)
     blur_prob_global: tuple[float, float] = _f(
-        (1.0, 0.1), "Gaussian blur probability of global crop 1 and 2 (paper 1.0, 0.1)")
+        (1.0, 0.1), "Gaussian blur probability of global crop 1 and 2 (paper 1.0, 0.1)",
+        check=_probabilities)
     blur_prob_local: float = _f(0.5, "Gaussian blur probability of local crops (paper 0.5)",
                                 ge=0, le=1)
     solarize_prob: float = _f(0.2, "solarization probability of global crop 2 (paper 0.2)",
@@ -220,7 +234,9 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = _f(0, "seed of every random generator (official code 0)", ge=0)
+    seed: int = _f(0, "seed of every random generator (official code 0); at most 2**32 - 1, "
+                   "as numpy's generators and torch's derived per-step seeds need", ge=0,
+                   le=2**32 - 1)
     epochs: int = _f(100, "training epochs (official code 100; Table 7 uses 300)", ge=1)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -230,11 +246,6 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-
-    @property
-    def teacher_temp_final(self) -> float:
-        """tau_t after warm-up; with sharpening off the teacher uses the student's tau."""
-        return self.loss.teacher_temp if self.loss.sharpening else self.loss.student_temp
 
     @property
     def scaled_lr(self) -> float:
@@ -264,7 +275,8 @@ def _bounds_text(meta: Mapping[str, Any]) -> str:
     parts = []
     for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(key) is not None:
-            parts.append(f"{sym} {meta[key]:g}")
+            bound = meta[key]
+            parts.append(f"{sym} {bound}" if isinstance(bound, int) else f"{sym} {bound:g}")
     return " and ".join(parts)
 
 
@@ -290,42 +302,63 @@ def _coerce(value: Any, tp: Any, path: str, meta: Mapping[str, Any], source: str
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{path}: {value!r} must be {_type_name(tp)}", source=source,
                               key=path)
-        out = tuple(_coerce(v, a, f"{path}[{i}]", meta, source)
+        element = {k: v for k, v in meta.items() if k != "check"}
+        out = tuple(_coerce(v, a, f"{path}[{i}]", element, source)
                     for i, (v, a) in enumerate(zip(value, args, strict=True)))
-        if path.endswith("_scale") and not (0 < out[0] < out[1] <= 1):
-            raise ConfigError(f"{path}: {list(out)} must be [low, high] with 0 < low < high <= 1",
-                              source=source, key=path)
-        if path.startswith("data.blur_prob") and not all(0 <= v <= 1 for v in out):
-            raise ConfigError(f"{path}: {list(out)} must hold probabilities in [0, 1]",
-                              source=source, key=path)
-        return out
+        return _checked(out, path, meta, source)
+    if tp in (bool, int, float, str):
+        return _checked(_scalar(value, tp, path, source), path, meta, source)
+    raise AssertionError(f"unsupported type {tp} at {path}")
+
+
+#: ints are stored as int64 by torch and numpy; a larger one is no size or count we can use
+INT_LIMIT = 2**63
+
+
+def _scalar(value: Any, tp: type, path: str, source: str | None) -> Any:
+    """`value` as a bool, int, float or non-empty string, or a ConfigError saying which."""
+    def fail(what: str) -> ConfigError:
+        return ConfigError(f"{path}: {value!r} {what}", source=source, key=path)
+
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: {value!r} must be true or false", source=source, key=path)
+            raise fail("must be true or false")
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: {value!r} must be an integer", source=source, key=path)
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: {value!r} must be a number", source=source, key=path)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise fail("must be a non-empty string")
+        if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+            raise fail("must not contain control characters (NUL, newline, tab, ...) or lone "
+                       "surrogates")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int):
+        raise fail("must be a number" if tp is float else "must be an integer")
+    if isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT:
+        kind = "a number" if tp is float else "an integer"
+        raise ConfigError(f"{path}: a {value.bit_length()}-bit integer is out of range; "
+                          f"allowed: {kind} of magnitude below 2**63", source=source, key=path)
+    if tp is float:
         value = float(value)
         if not math.isfinite(value):
-            raise ConfigError(f"{path}: {value!r} must be finite", source=source, key=path)
-    elif tp is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{path}: {value!r} must be a non-empty string", source=source,
-                              key=path)
-        return value
-    else:
-        raise AssertionError(f"unsupported type {tp} at {path}")
-    ok = ((meta.get("ge") is None or value >= meta["ge"])
-          and (meta.get("gt") is None or value > meta["gt"])
-          and (meta.get("le") is None or value <= meta["le"])
-          and (meta.get("lt") is None or value < meta["lt"]))
-    if not ok:
-        raise ConfigError(f"{path}: {value!r} is out of range; allowed: {_bounds_text(meta)}",
-                          source=source, key=path)
+            raise fail("must be finite")
+    return value
+
+
+def _checked(value: Any, path: str, meta: Mapping[str, Any], source: str | None) -> Any:
+    """`value` once inside the field's numeric bounds and accepted by its `check`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = ((meta.get("ge") is None or value >= meta["ge"])
+              and (meta.get("gt") is None or value > meta["gt"])
+              and (meta.get("le") is None or value <= meta["le"])
+              and (meta.get("lt") is None or value < meta["lt"]))
+        if not ok:
+            raise ConfigError(f"{path}: {value!r} is out of range; allowed: "
+                              f"{_bounds_text(meta)}", source=source, key=path)
+    check = meta.get("check")
+    problem = check(value) if check is not None else None
+    if problem:
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ConfigError(f"{path}: {shown!r} {problem}", source=source, key=path)
     return value
 
 
@@ -470,9 +503,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else value
+        parsed = safeload.load_yaml(value) if value.strip() else value
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: {value!r} is not valid YAML ({exc})", key=key) from exc
+        raise ConfigError(f"--set {key}: {value!r} is not valid YAML "
+                          f"({safeload.yaml_problem(exc)})", key=key) from None
     return key, parsed
 
 
@@ -504,12 +538,12 @@ def shipped_configs() -> list[str]:
 def resolve_config_path(name_or_path: str) -> Path:
     """A YAML path, or the name of a shipped config."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+    if path.suffix in (".yaml", ".yml") or safeload.is_file(path) or _is_dir(path):
+        if not safeload.is_file(path):
             raise ConfigError(f"config file {name_or_path!r} does not exist")
         return path
-    shipped = resources.files("dino_ablate") / "configs" / f"{name_or_path}.yaml"
-    if not shipped.is_file():
+    shipped = Path(str(resources.files("dino_ablate") / "configs")) / f"{name_or_path}.yaml"
+    if "/" in name_or_path or not safeload.is_file(shipped):
         close = difflib.get_close_matches(name_or_path, shipped_configs(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{name_or_path!r} is neither a YAML file nor a shipped config{hint} "
@@ -517,16 +551,19 @@ def resolve_config_path(name_or_path: str) -> Path:
     return Path(str(shipped))
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Safe-load a YAML mapping (no object construction), with the file named on errors."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", source=str(path)) from exc
+    """Safe-load a YAML mapping (no object construction), with the file named on errors.
+
+    `safeload` refuses what PyYAML would accept silently or crash on: non-UTF-8 or binary
+    files, duplicate keys, deep nesting and alias bombs."""
+    raw = safeload.read_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -553,7 +590,16 @@ def expand_root(root: str | None) -> Path | None:
     if "$" in expanded:
         raise ConfigError(f"data.root: {root!r} references an unset environment variable",
                           key="data.root")
-    return Path(expanded).expanduser()
+    try:
+        path = Path(expanded).expanduser()
+    except RuntimeError:  # `~user` of no such user
+        raise ConfigError(f"data.root: {root!r}: no such user's home directory; allowed: an "
+                          "existing directory", key="data.root") from None
+    # the OS refuses longer names with an OSError from every later is_dir() and open()
+    if len(str(path)) > 4096 or any(len(part) > 255 for part in path.parts):
+        raise ConfigError(f"data.root: {root!r} -> {str(path)[:80]!r}...: too long a path; "
+                          "allowed: at most 4096 characters, 255 per name", key="data.root")
+    return path
 
 
 def field_docs() -> list[tuple[str, str, str]]:

@@ -18,7 +18,21 @@ class ConfigError(ValueError):
         self.source = source
         self.key = key
         prefix = f"{source}: " if source else ""
-        super().__init__(prefix + message)
+        super().__init__(one_line(prefix + message))
+
+
+#: an error names the bad value, which may be a huge list from a file; the CLI prints one line
+MAX_MESSAGE_CHARS = 2000
+
+
+def one_line(message: str) -> str:
+    """`message` on one line, its middle left out beyond MAX_MESSAGE_CHARS (the start names the
+    file and key, the end what is allowed)."""
+    text = " ".join(message.splitlines())
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    head, tail = MAX_MESSAGE_CHARS * 2 // 3, MAX_MESSAGE_CHARS // 3
+    return f"{text[:head]} ...({len(text) - head - tail} characters left out)... {text[-tail:]}"
 
 
 def unknown_key(source: str | None, where: str, key: object,

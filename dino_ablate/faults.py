@@ -5,19 +5,29 @@ Never set in normal use. `DINO_ABLATE_FAULT` holds `kind:value` items separated 
 - `kill_step:K`      SIGKILL this process just before step K;
 - `kill_eval:E`      SIGKILL during the kNN evaluation of epoch E;
 - `kill_checkpoint:E` SIGKILL half-way through writing the checkpoint of epoch E;
-- `kill_linear:E`    SIGKILL after the first training step of paper linear-probe epoch E.
-Each kill fires once per run directory (a marker file), so the resumed run goes on.
+- `kill_linear:E`    SIGKILL after the first training step of paper linear-probe epoch E;
+- `enospc_checkpoint:E` a full disk (OSError ENOSPC) while writing the checkpoint of epoch E;
+- `enospc_metrics:E` a full disk half-way through appending epoch E's metrics record;
+- `enospc_status:E`  a full disk while recording a failure in status.json after E epochs;
+- `erofs_checkpoint:E`, `erofs_metrics:E`, `erofs_status:E`: the same with a read-only file
+  system (OSError EROFS).
+Each kill or write fault fires once per run directory (a marker file), so the resumed run goes
+on.
 An item may end in `@FRAGMENT`: it then applies only to run directories whose name contains
 FRAGMENT (one point of a sweep: `nan_step:5@seed-1`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
 
 ENV = "DINO_ABLATE_FAULT"
+
+#: write faults: the prefix of the fault kind -> the errno the failed write raises.
+WRITE_FAULTS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
 
 
 def _items(run_dir: Path) -> dict[str, int]:
@@ -38,10 +48,24 @@ def nan_step(run_dir: Path) -> int | None:
 
 def maybe_kill(kind: str, value: int, run_dir: Path) -> None:
     """SIGKILL ourselves if `kind:value` is requested and has not fired for this run yet."""
+    if _fire_once(kind, value, run_dir):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fire_once(kind: str, value: int, run_dir: Path) -> bool:
+    """Whether `kind:value` is requested for this run and has not fired yet (then it has)."""
     if _items(run_dir).get(kind) != value:
-        return
+        return False
     marker = run_dir / f".fault_{kind}_{value}"
     if marker.exists():
-        return
+        return False
     marker.touch()
-    os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def maybe_fail_write(target: str, value: int, run_dir: Path, path: Path) -> None:
+    """Raise the OSError of a failed write of `path` if `enospc_<target>:value` or
+    `erofs_<target>:value` is requested and has not fired for this run yet."""
+    for prefix, code in WRITE_FAULTS.items():
+        if _fire_once(f"{prefix}_{target}", value, run_dir):
+            raise OSError(code, os.strerror(code), str(path))

@@ -101,6 +101,13 @@ def probe_features(backbone: nn.Module, images: torch.Tensor, n_last_blocks: int
     return torch.cat(feats, dim=-1)
 
 
+def feature_dim(backbone: nn.Module, n_last_blocks: int, avgpool: bool) -> int:
+    """Width of `probe_features` (a model with fewer blocks than asked gives all it has)."""
+    vit: Any = backbone
+    blocks = min(n_last_blocks, len(vit.blocks))
+    return int(vit.embed_dim) * (blocks + int(avgpool))
+
+
 def eval_features(backbone: nn.Module, data: EvalSet, proto: LinearProtocol, batch_size: int,
                   device: torch.device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
     """Probe features of every image of `data` (rank-sharded, gathered on every rank)."""

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from dino_ablate import dist, faults
 from dino_ablate.config import ConfigError, RunConfig, expand_root
 from dino_ablate.data import IMAGENET_MEAN, IMAGENET_STD
-from dino_ablate.linear import LinearProtocol, probe_features
+from dino_ablate.linear import LinearProtocol, feature_dim, probe_features
 
 log = logging.getLogger("dino_ablate.linear")
 
@@ -312,8 +312,7 @@ def run_paper_probe(cfg: RunConfig, proto: LinearProtocol, backbones: dict[str, 
         return {name: float(state["result"][name]) for name in backbones}
 
     nets = {name: _unwrap(b) for name, b in backbones.items()}
-    width: Any = next(iter(nets.values())).embed_dim
-    in_dim = int(width) * (proto.n_last_blocks + int(proto.avgpool))
+    in_dim = feature_dim(next(iter(nets.values())), proto.n_last_blocks, proto.avgpool)
     heads = _Heads(list(nets), in_dim, num_classes, proto, cfg.seed, device, state)
     start = int(state["epoch"]) if state is not None else 0
     best: dict[str, float] = dict(state["best"]) if state is not None else dict.fromkeys(nets, 0.0)

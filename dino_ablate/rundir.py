@@ -1,20 +1,27 @@
 """Writing the run directory: the contract with analysis (docs/run_directory.md).
 
 Only rank 0 writes. Every file but metrics.jsonl is replaced atomically; metrics.jsonl is
-rewritten from the checkpoint's history on resume, so a record is never lost or duplicated.
+appended one whole record at a time and rewritten from the checkpoint's history on resume, so
+a record is never lost or duplicated; records beyond the checkpoint's are moved aside, never
+dropped. A failed write (a full disk) leaves the previous file and no partial temporary one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dino_ablate import safeload
+from dino_ablate.errors import ConfigError
 
 STATES = ("running", "done", "diverged", "failed")
 
@@ -30,14 +37,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str | bytes) -> None:
     """Replace `path` atomically. The temporary name is this writer's own, so concurrent
-    writers of one file (two submitters rewriting sweep.json) never rename each other's."""
+    writers of one file (two submitters rewriting sweep.json) never rename each other's. A
+    failed write (a full disk) removes the temporary file and leaves `path` as it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with tmp.open("wb" if isinstance(text, bytes) else "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     os.replace(tmp, path)
 
 
@@ -46,11 +59,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing or unreadable (not UTF-8, not
+    JSON, too deep, not an object): these files are the tool's own records, rewritten by the
+    next writer, so a damaged one counts as absent rather than stopping a resume."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return safeload.read_json_object(path)
+    except ConfigError:
         return None
-    return data if isinstance(data, dict) else None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class RunDir:
@@ -67,7 +88,7 @@ class RunDir:
         file = self.path / "config.yaml"
         if not file.exists():
             return None
-        data = yaml.safe_load(file.read_text())
+        data = safeload.read_yaml(file)  # ConfigError naming the file if it is damaged
         return data if isinstance(data, dict) else None
 
     def write_config(self, config: dict[str, Any]) -> None:
@@ -91,16 +112,69 @@ class RunDir:
     def read_init(self) -> dict[str, Any] | None:
         return read_json(self.path / "init.json")
 
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl with exactly `records` (the checkpoint's history)."""
         text = "".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in records)
-        write_atomic(self.path / "metrics.jsonl", text)
+        write_atomic(self.metrics, text)
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        with (self.path / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(_clean(record), sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+    def restore_metrics(self, records: list[dict[str, Any]]) -> Path | None:
+        """Make metrics.jsonl exactly `records`, the history of the checkpoint resumed from
+        (none lost or doubled). Lines beyond them (epochs that checkpoint does not hold: after
+        a fall-back to previous.pt, or a restart without a checkpoint) are moved, byte for byte,
+        to `metrics.jsonl.orphaned-<UTC time>` beside it, whose path is returned."""
+        try:
+            lines = self.metrics.read_bytes().splitlines(keepends=True)
+        except FileNotFoundError:
+            lines = []
+        extra = lines[len(records):]
+        side = None
+        if any(line.strip() for line in extra):
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+            side = self.path / f"{self.metrics.name}.orphaned-{stamp}"
+            for n in range(1, 1000):
+                if not side.exists():
+                    break
+                side = self.path / f"{self.metrics.name}.orphaned-{stamp}-{n}"
+            write_atomic(side, b"".join(extra))
+        self.write_metrics(records)
+        return side
+
+    def append_metrics(self, record: dict[str, Any],
+                       mid_write: Callable[[], None] | None = None) -> int:
+        """Append one record as one line, fsynced; returns the offset it starts at.
+
+        A failed write (a full disk) cuts the file back to that offset: metrics.jsonl never
+        keeps a partial line of this writer. `mid_write` runs half-way through the line (the
+        fault tests fail the write there).
+        """
+        line = (json.dumps(_clean(record), sort_keys=True) + "\n").encode()
+        fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                _write_all(fd, line[: len(line) // 2])
+                if mid_write is not None:
+                    mid_write()
+                _write_all(fd, line[len(line) // 2:])
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
+        return start
+
+    def truncate_metrics(self, size: int) -> None:
+        """Cut metrics.jsonl back to `size` bytes (a record whose checkpoint was not saved).
+
+        Best effort: if even this fails, the resume sets the extra record aside."""
+        with contextlib.suppress(OSError):
+            os.truncate(self.metrics, size)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.path / "summary.json", summary)

@@ -32,9 +32,11 @@ from typing import Any
 import yaml
 
 from dino_ablate import config as cfgmod
+from dino_ablate import safeload
 from dino_ablate.errors import ConfigError
+from dino_ablate.identity import first_difference
 from dino_ablate.rundir import read_json, write_atomic, write_json
-from dino_ablate.sweep import RUN_ID_RE, Point, Sweep
+from dino_ablate.sweep import RUN_ID_RE, Point, Sweep, SweepPlan
 
 #: every state `status` can show; the first four come from the launcher's view, the last three
 #: are final states written by the trainer (status.json).
@@ -57,7 +59,7 @@ def run_dir_of(sweep_dir: Path, run_id: str) -> Path:
     return path
 
 
-def resolve_sweep_dir(sweep: Sweep, out_root: Path) -> Path:
+def resolve_sweep_dir(sweep: Sweep | SweepPlan, out_root: Path) -> Path:
     """`out_root/<output_dir>`; the sweep's output_dir was checked to be relative."""
     root = out_root.resolve()
     path = (root / sweep.output_dir).resolve()
@@ -125,10 +127,10 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
-                text = self.path.read_text()
+                text = self.path.read_text(errors="replace")
                 try:
-                    info = json.loads(text) if text.strip() else {}
-                except json.JSONDecodeError:
+                    info = safeload.parse_json(text) if text.strip() else {}
+                except ValueError:
                     info = {}
                 return info if isinstance(info, dict) else {}
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -157,15 +159,18 @@ def prepare_run_dir(run_dir: Path, sweep: Sweep, point: Point) -> None:
     cfg_file = run_dir / "config.yaml"
     if cfg_file.exists():
         try:
-            existing = yaml.safe_load(cfg_file.read_text())
-        except yaml.YAMLError:
+            existing = safeload.read_yaml(cfg_file)
+        except ConfigError:  # damaged: refused below as "a different config"
             existing = None
         if existing != cfg:
-            from dino_ablate.sweep import semantic_hash
-            if not isinstance(existing, dict) or semantic_hash(existing) != semantic_hash(cfg):
+            diff = first_difference(existing, cfg) if isinstance(existing, dict) \
+                else "not a config mapping"
+            if diff is not None:
                 raise ConfigError(f"{cfg_file} holds a different config than point "
-                                  f"{point.index}; refusing to mix runs", key="config.yaml")
-            # only non-semantic keys changed (threads, workers, data root): use the new ones
+                                  f"{point.index} ({diff}); refusing to mix runs",
+                                  key="config.yaml")
+            # only keys that do not define the run changed (identity.NOT_DEFINING: threads,
+            # workers, data root): record the new ones; the trainer resumes from the checkpoint
             write_atomic(cfg_file, yaml.safe_dump(cfg, sort_keys=False))
     else:
         write_atomic(cfg_file, yaml.safe_dump(cfg, sort_keys=False))
@@ -209,8 +214,8 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
         if (read_json(cand / "status.json") or {}).get("state") != "done":
             continue
         try:
-            cfg = yaml.safe_load((cand / "config.yaml").read_text())
-        except (OSError, yaml.YAMLError):
+            cfg = safeload.read_yaml(cand / "config.yaml")
+        except ConfigError:  # missing or damaged: not a twin to copy from
             continue
         if isinstance(cfg, dict) and semantic_hash(cfg) == digest:
             return cand
@@ -247,14 +252,14 @@ def read_launch(run_dir: Path) -> dict[str, Any] | None:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl records; a truncated last line (a run killed mid-write) is skipped."""
     try:
-        text = (run_dir / "metrics.jsonl").read_text()
+        text = (run_dir / "metrics.jsonl").read_text(errors="replace")
     except OSError:
         return []
     out = []
     for line in text.splitlines():
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = safeload.parse_json(line)
+        except ValueError:  # not JSON, too deep, duplicate keys
             continue
         if isinstance(rec, dict):
             out.append(rec)
@@ -361,15 +366,3 @@ def append_submission(sweep_dir: Path, record: Mapping[str, Any]) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
-
-
-def read_submissions(sweep_dir: Path) -> list[dict[str, Any]]:
-    try:
-        lines = (sweep_dir / "submissions.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out

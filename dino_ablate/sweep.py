@@ -15,17 +15,17 @@ The full format is documented in ``docs/sweeps.md``.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import itertools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dino_ablate import config as cfgmod
+from dino_ablate import identity, safeload
 from dino_ablate.config import RunConfig
 from dino_ablate.errors import ConfigError, unknown_key
 from dino_ablate.resources import Resources, _fail, parse_resources
@@ -39,12 +39,6 @@ TOP_KEYS = ("name", "description", "base", "output_dir", "default_profile", "pro
 #: `grid`, `zip`, `seeds` and `baseline` in a profile replace the top-level ones for it.
 AXIS_KINDS = ("grid", "zip", "seeds")
 PROFILE_KEYS = ("config", "resources", *AXIS_KINDS, "baseline")
-
-#: Left out of the run-id hash: where and how fast a run executes, not what it computes. The
-#: whole `runtime` section (device, threads, logging, kernels; the trainer's own run-directory
-#: check ignores it too) and the data root (the same ImageNet sits at different paths on
-#: different clusters). Resources and output paths are not part of the config at all.
-NON_SEMANTIC_KEYS = ("runtime", "data.root", "data.num_workers")
 
 
 @dataclass(frozen=True)
@@ -142,13 +136,23 @@ def _check_axis_key(source: str, where: str, key: Any) -> str:
     return key
 
 
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for an axis value (lists become tuples) that compares as it does."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
+def _holds_mapping(value: Any) -> bool:
+    return isinstance(value, dict) or (isinstance(value, list)
+                                       and any(_holds_mapping(v) for v in value))
+
+
 def _check_axis_values(source: str, path: str, values: Any, unique: bool = True) -> list[Any]:
     if not isinstance(values, list):
         raise _fail(source, path, f"{values!r} must be a list of values")
     if not values:
         raise _fail(source, path, "empty list; an axis needs at least one value")
     for i, v in enumerate(values):
-        if isinstance(v, dict):
+        if _holds_mapping(v):
             raise _fail(source, f"{path}[{i}]", f"{v!r}: an axis value must be a scalar or a "
                         "list, not a mapping (vary the leaf keys instead)")
         if isinstance(v, float) and not math.isfinite(v):
@@ -208,38 +212,10 @@ def _short_labels(keys: Sequence[str]) -> dict[str, str]:
             for k, s in zip(keys, last, strict=True)}
 
 
-_DEFAULTS: dict[str, Any] | None = None
-
-
-def _semantic_diff(values: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str
-                   ) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        if path in NON_SEMANTIC_KEYS:
-            continue
-        default = defaults.get(key) if isinstance(defaults, Mapping) else None
-        if isinstance(value, Mapping):
-            sub = _semantic_diff(value, default if isinstance(default, Mapping) else {},
-                                 f"{path}.")
-            if sub:
-                out[key] = sub
-        elif key not in defaults or value != default:
-            out[key] = value
-    return out
-
-
-def _defaults() -> dict[str, Any]:
-    global _DEFAULTS
-    if _DEFAULTS is None:
-        _DEFAULTS = cfgmod.to_dict(RunConfig())
-    return _DEFAULTS
-
-
 def semantic_diff(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
     """What a resolved config (as `config.to_dict` gives it) changes from the RunConfig
-    defaults, without the keys that do not change the run (NON_SEMANTIC_KEYS)."""
-    return _semantic_diff(cfg_dict, _defaults(), "")
+    defaults, among the keys that define the run: its identity (`identity.identity`)."""
+    return identity.identity(cfg_dict)
 
 
 def _plain(value: Any) -> Any:
@@ -251,10 +227,10 @@ def _diff_with(diff: Mapping[str, Any], canonical: Mapping[str, Any]) -> dict[st
     of the changed config, computed from the changes alone."""
     out = _copy_tree(diff)
     for key, value in canonical.items():
-        if any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS):
+        if not identity.defines_run(key):
             continue
         value = _plain(value)
-        if value != cfgmod.get_dotted(_defaults(), key):
+        if value != cfgmod.get_dotted(identity.defaults(), key):
             cfgmod.set_dotted(out, key, value)
             continue
         parts = key.split(".")
@@ -272,11 +248,6 @@ def _diff_with(diff: Mapping[str, Any], canonical: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _digest(diff: Mapping[str, Any]) -> str:
-    text = json.dumps(diff, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
 def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
     """8 hex digits of sha256 over what the config changes from the RunConfig defaults.
 
@@ -284,7 +255,7 @@ def semantic_hash(cfg_dict: Mapping[str, Any]) -> str:
     a new config field is added with a default that keeps the old behaviour; changing a
     default that a point relies on does change its id, as it changes the run.
     """
-    return _digest(semantic_diff(cfg_dict))
+    return identity.digest(semantic_diff(cfg_dict))
 
 
 def make_run_id(name: str, varied: Mapping[str, Any], labels: Mapping[str, str],
@@ -330,15 +301,19 @@ def _base_config(raw: dict[str, Any], file: Path, source: str) -> dict[str, Any]
         path = Path(base)
         if not path.is_absolute():
             path = file.parent / path
-        if not path.is_file():
+        if not safeload.is_file(path):
             # a shipped config name (`digits`) is also accepted
             try:
                 path = cfgmod.resolve_config_path(base) if not Path(base).suffix else path
             except ConfigError:
                 pass
-        if not path.is_file():
+        if not safeload.is_file(path):
             raise _fail(source, "base", f"{base!r}: no such config file (looked for {path})")
-        return cfgmod.read_yaml(path)
+        try:
+            return cfgmod.read_yaml(path)
+        except ConfigError as exc:
+            detail = str(exc).removeprefix(f"{exc.source}: ")
+            raise _fail(source, "base", f"{base}: {detail}") from None
     raise _fail(source, "base", f"{base!r} must be a config path or a mapping")
 
 
@@ -397,17 +372,22 @@ def _parse_axes(specs: Mapping[str, tuple[bool, Any, str]], source: str
             key = _check_axis_key(source, where, key)
             claim(key, f"{where}.{key}")
             vals = _check_axis_values(source, f"{where}.{key}", values, unique=False)
-            axis_values[key] = [v for i, v in enumerate(vals) if v not in vals[:i]]
+            distinct: dict[Any, Any] = {}
+            for v in vals:  # equal values (1 and 1.0 too) once, in order, in linear time
+                distinct.setdefault(_freeze(v), v)
+            axis_values[key] = list(distinct.values())
             lengths[key] = len(vals)
         if len(set(lengths.values())) > 1:
             raise _fail(source, where, "zipped axes must have the same length; got " + ", ".join(
                 f"{k}: {n}" for k, n in lengths.items()))
         n = next(iter(lengths.values()))
-        rows = [json.dumps([group[k][i] for k in group], sort_keys=True) for i in range(n)]
-        for i, row in enumerate(rows):
-            if row in rows[:i]:
-                raise _fail(source, where, f"entry {i} repeats entry {rows.index(row)} "
+        first_at: dict[str, int] = {}
+        for i in range(n):
+            row = json.dumps([group[k][i] for k in group], sort_keys=True)
+            if row in first_at:
+                raise _fail(source, where, f"entry {i} repeats entry {first_at[row]} "
                             f"({row}); every point must be distinct")
+            first_at[row] = i
         axes.append([{k: group[k][i] for k in group} for i in range(n)])
 
     _, seeds, spath = specs["seeds"]
@@ -442,8 +422,61 @@ def _union_values(per_profile: Mapping[str, Mapping[str, list[Any]]],
     return union
 
 
-def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
-    """Read, expand and validate a sweep file for one profile. Raises ConfigError."""
+#: the most points a sweep expands to unless the caller raises it (`--max-points`): 10,000
+#: points take ~2 s to expand and validate, and no paper ablation has more than a few dozen.
+MAX_POINTS = 10_000
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep file parsed and checked for one profile, before any point is built.
+
+    `size` (the number of points) is known here, so a caller refuses an astronomically large
+    sweep before expanding it; :func:`iter_points` then builds and validates the points one
+    at a time, so a long expansion can show progress (the dry run streams its table).
+    """
+
+    name: str
+    file: Path
+    profile: str
+    profiles: tuple[str, ...]
+    description: str
+    output_dir: str
+    varied_keys: tuple[str, ...]
+    size: int
+    axes: tuple[tuple[dict[str, Any], ...], ...]
+    merged: dict[str, Any]
+    resources: Resources
+    overrides: tuple[tuple[dict[str, Any], tuple[str, ...] | None, Any], ...]
+    references: tuple[tuple[dict[str, Any], tuple[str, ...] | None, dict[str, float],
+                            str | None], ...]
+    baseline_selector: dict[str, Any]
+
+
+def load_sweep(file: Path | str, profile: str | None = None, *, max_points: int = MAX_POINTS,
+               progress: Callable[[int, int], None] | None = None) -> Sweep:
+    """Read, expand and validate a sweep file for one profile. Raises ConfigError.
+
+    `progress(done, total)` is called after each point is built (a large sweep takes a while).
+    """
+    plan = plan_sweep(file, profile, max_points=max_points)
+    points: list[Point] = []
+    baseline: list[str] = []
+    for point, is_baseline in _expand(plan):
+        points.append(point)
+        if is_baseline:
+            baseline.append(point.run_id)
+        if progress is not None:
+            progress(len(points), plan.size)
+    return Sweep(name=plan.name, file=plan.file, profile=plan.profile, profiles=plan.profiles,
+                 description=plan.description, output_dir=plan.output_dir,
+                 varied_keys=plan.varied_keys, points=tuple(points), baseline=tuple(baseline))
+
+
+def plan_sweep(file: Path | str, profile: str | None = None, *,
+               max_points: int = MAX_POINTS) -> SweepPlan:
+    """Read and check a sweep file for one profile, up to (not including) its points; refuse
+    it when it expands to more than `max_points` points."""
     file = Path(file)
     source = str(file)
     raw = read_sweep_file(file)
@@ -461,6 +494,46 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
 
     base = _base_config(raw, file, source)
 
+    profiles_raw = _check_profiles(raw, source)
+    # Every profile's axes are checked whichever profile is expanded, as the top-level ones are.
+    profile_axes = {pname: _parse_axes(_axis_specs(raw, pname), source)
+                    for pname in profiles_raw}
+    all_values = {pname: values for pname, (_, values) in profile_axes.items()}
+    profile = _choose_profile(raw, profiles_raw, profile, source)
+    pbody = profiles_raw[profile]
+    merged = base
+    _merge(merged, pbody.get("config") or {})
+    resources = parse_resources(pbody.get("resources"), source, f"profiles.{profile}.resources")
+
+    output_dir = check_relative_dir(raw.get("output_dir", f"{name}/{profile}"), source,
+                                    "output_dir")
+
+    axes, axis_values = profile_axes[profile]
+    varied_keys = tuple(k for k, v in axis_values.items() if len(v) > 1)
+
+    # ---- per-point resource overrides and the reference block
+    overrides = _parse_point_resources(raw.get("point_resources"), source, all_values)
+    references = _parse_reference(raw.get("reference"), source, all_values)
+    for pname, pbody_ in profiles_raw.items():
+        if "baseline" in pbody_:
+            _match_mapping(source, f"profiles.{pname}.baseline", pbody_["baseline"],
+                           all_values[pname])
+    baseline_sel = _match_mapping(source, "baseline", raw.get("baseline"),
+                                  _union_values(all_values))
+    if "baseline" in pbody:
+        baseline_sel = _match_mapping(source, f"profiles.{profile}.baseline",
+                                      pbody["baseline"], axis_values)
+
+    size = _check_size(axes, profile, max_points, source)
+    return SweepPlan(name=name, file=file, profile=profile, profiles=tuple(profiles_raw),
+                     description=description, output_dir=output_dir, varied_keys=varied_keys,
+                     size=size, axes=tuple(tuple(axis) for axis in axes), merged=merged,
+                     resources=resources, overrides=tuple(overrides),
+                     references=tuple(references), baseline_selector=baseline_sel)
+
+
+def _check_profiles(raw: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """The `profiles` mapping: valid names, each a mapping of PROFILE_KEYS."""
     profiles_raw = raw.get("profiles") or {}
     if not isinstance(profiles_raw, Mapping) or not profiles_raw:
         raise _fail(source, "profiles", "must be a non-empty mapping of profile names (e.g. "
@@ -477,12 +550,15 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
                 raise unknown_key(source, f"profiles.{pname}", key, PROFILE_KEYS)
         if pbody.get("config") is not None and not isinstance(pbody["config"], Mapping):
             raise _fail(source, f"profiles.{pname}.config", "must be a mapping of config keys")
-    # Every profile's axes are checked whichever profile is expanded, as the top-level ones are.
-    profile_axes = {pname: _parse_axes(_axis_specs(raw, pname), source)
-                    for pname in profiles_raw}
-    all_values = {pname: values for pname, (_, values) in profile_axes.items()}
+    return profiles_raw
+
+
+def _choose_profile(raw: Mapping[str, Any], profiles_raw: Mapping[str, Any],
+                    profile: str | None, source: str) -> str:
+    """`--profile`, else `default_profile`, else the first profile."""
     default_profile = raw.get("default_profile")
-    if default_profile is not None and default_profile not in profiles_raw:
+    if default_profile is not None and (not isinstance(default_profile, str)
+                                        or default_profile not in profiles_raw):
         raise _fail(source, "default_profile", f"{default_profile!r} is not a profile; "
                     f"allowed: {', '.join(profiles_raw)}")
     profile = profile or default_profile or next(iter(profiles_raw))
@@ -491,39 +567,37 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"--profile {profile!r}: no such profile{hint} Profiles: "
                           f"{', '.join(profiles_raw)}", source=source, key="profiles")
-    pbody = profiles_raw[profile]
-    merged = base
-    _merge(merged, pbody.get("config") or {})
-    resources = parse_resources(pbody.get("resources"), source, f"profiles.{profile}.resources")
+    return profile
 
-    output_dir = check_relative_dir(raw.get("output_dir", f"{name}/{profile}"), source,
-                                    "output_dir")
 
-    axes, axis_values = profile_axes[profile]
-    varied_keys = tuple(k for k, v in axis_values.items() if len(v) > 1)
-    labels = _short_labels(varied_keys)
+def _check_size(axes: Sequence[Sequence[dict[str, Any]]], profile: str, max_points: int,
+                source: str) -> int:
+    """The number of points (the product of the axis lengths, exact even for 10**12),
+    refused above `max_points` before anything is built."""
+    size = math.prod(len(axis) for axis in axes)
+    if size > max_points:
+        shape = " x ".join(f"{'+'.join(axis[0])} ({len(axis)})" for axis in axes)
+        raise ConfigError(f"axes of profile {profile!r}: the sweep expands to {size:,} points "
+                          f"({shape}); allowed: at most {max_points:,} (raise the limit with "
+                          "--max-points N)", source=source, key="grid")
+    return size
 
-    # ---- per-point resource overrides and the reference block
-    overrides = _parse_point_resources(raw.get("point_resources"), source, all_values)
-    references = _parse_reference(raw.get("reference"), source, all_values)
-    for pname, pbody_ in profiles_raw.items():
-        if "baseline" in pbody_:
-            _match_mapping(source, f"profiles.{pname}.baseline", pbody_["baseline"],
-                           all_values[pname])
-    baseline_sel = _match_mapping(source, "baseline", raw.get("baseline"),
-                                  _union_values(all_values))
-    if "baseline" in pbody:
-        baseline_sel = _match_mapping(source, f"profiles.{profile}.baseline",
-                                      pbody["baseline"], axis_values)
 
-    # ---- expansion
-    points: list[Point] = []
-    baseline: list[str] = []
+def iter_points(plan: SweepPlan) -> Iterator[Point]:
+    """The points of `plan`, built and validated one at a time (ConfigError at the first bad
+    one)."""
+    for point, _ in _expand(plan):
+        yield point
+
+
+def _expand(plan: SweepPlan) -> Iterator[tuple[Point, bool]]:
+    """Each point of `plan` and whether the baseline selector matches it."""
+    source, profile, labels = str(plan.file), plan.profile, _short_labels(plan.varied_keys)
     seen: dict[str, int] = {}
     # Point 0 is built from the merged mapping; the others replace only their axis values in
     # it (config.replace_leaves: the same checks, ~10x faster for a large sweep).
     first: tuple[RunConfig, dict[str, Any]] | None = None
-    for index, combo in enumerate(itertools.product(*axes)):
+    for index, combo in enumerate(itertools.product(*plan.axes)):
         assignment: dict[str, Any] = {}
         for part in combo:
             assignment.update(part)
@@ -532,19 +606,19 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
         try:
             if first is not None:
                 run_cfg, canonical = cfgmod.replace_leaves(first[0], assignment)
-                digest = _digest(_diff_with(first[1], canonical))
+                digest = identity.digest(_diff_with(first[1], canonical))
             else:
-                tree = _copy_tree(merged)
+                tree = _copy_tree(plan.merged)
                 for key, value in assignment.items():
                     cfgmod.set_dotted(tree, key, value)
                 run_cfg = cfgmod.from_dict(tree)
                 diff = semantic_diff(cfgmod.to_dict(run_cfg))
-                digest = _digest(diff)
+                digest = identity.digest(diff)
                 first = (run_cfg, diff)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}", source=source, key=exc.key) from exc
-        res = resources
-        for sel, profs, body in overrides:
+        res = plan.resources
+        for sel, profs, body in plan.overrides:
             if (profs is None or profile in profs) and _matches(sel, assignment):
                 res = parse_resources(body, source, "point_resources", start=res)
         world = res.world_size
@@ -553,26 +627,22 @@ def load_sweep(file: Path | str, profile: str | None = None) -> Sweep:
                 f"{where}: optim.batch_size: {run_cfg.optim.batch_size} is not divisible by the "
                 f"world size {world} (nodes {res.nodes} x tasks {res.tasks}); allowed: a "
                 "multiple of the world size", source=source, key="optim.batch_size")
-        varied = {k: assignment[k] for k in varied_keys}
-        run_id = make_run_id(name, varied, labels, digest)
+        varied = {k: assignment[k] for k in plan.varied_keys}
+        run_id = make_run_id(plan.name, varied, labels, digest)
         if run_id in seen:
             raise ConfigError(f"{where}: the same run config as point {seen[run_id]} (run id "
                               f"{run_id}); every point must be distinct", source=source)
         seen[run_id] = index
         ref: dict[str, float] = {}
         ref_source: str | None = None
-        for sel, profs, metrics, src in references:
+        for sel, profs, metrics, src in plan.references:
             if (profs is None or profile in profs) and _matches(sel, assignment):
                 ref.update(metrics)
                 ref_source = src or ref_source
-        if baseline_sel and _matches(baseline_sel, assignment):
-            baseline.append(run_id)
-        points.append(Point(index=index, run_id=run_id, varied=varied, config=run_cfg,
-                            resources=res, reference=ref, reference_source=ref_source))
-
-    return Sweep(name=name, file=file, profile=profile, profiles=tuple(profiles_raw),
-                 description=description, output_dir=output_dir, varied_keys=varied_keys,
-                 points=tuple(points), baseline=tuple(baseline))
+        point = Point(index=index, run_id=run_id, varied=varied, config=run_cfg,
+                      resources=res, reference=ref, reference_source=ref_source)
+        yield point, bool(plan.baseline_selector) and _matches(plan.baseline_selector,
+                                                                assignment)
 
 
 def _parse_profiles_key(raw: Any, source: str, where: str, profiles: Sequence[str]

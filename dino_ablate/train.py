@@ -6,6 +6,7 @@ stop, and owns the run directory (rank 0 writes it).
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -21,6 +22,7 @@ from dino_ablate import checkpoint, dist, faults
 from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
 from dino_ablate.data import load_data
 from dino_ablate.evaluate import Evaluator
+from dino_ablate.identity import first_difference
 from dino_ablate.model import (
     build_networks,
     num_tokens,
@@ -33,13 +35,6 @@ from dino_ablate.step import TrainState, param_groups, train_step
 from dino_ablate.teacher import make_teacher_rule
 
 log = logging.getLogger("dino_ablate.train")
-
-
-def semantic_config(cfg: RunConfig) -> dict[str, Any]:
-    """The config without `runtime` (device, threads, logging): what defines the result."""
-    data = to_dict(cfg)
-    data.pop("runtime")
-    return data
 
 
 def pick_device(cfg: RunConfig) -> torch.device:
@@ -60,10 +55,13 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
                           key="optim.batch_size")
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> RunDir:
-    """Create the run directory, or check that an existing one holds the same config.
+def check_run_dir(cfg: RunConfig, run_dir: Path) -> RunDir:
+    """Check that an existing run directory holds the same run (`identity`); writes nothing.
 
-    Never overwrites a different run's results.
+    A config that differs only in keys that do not define the run (`identity.NOT_DEFINING`:
+    runtime, data root, workers) is the same run: it resumes, and config.yaml records the new
+    values once the checkpoints agree. Any other difference is refused before anything changes,
+    naming the first differing key. Never overwrites a different run's results.
     """
     rd = RunDir(run_dir)
     existing = rd.read_config()
@@ -73,25 +71,12 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> RunDir:
         except ConfigError as exc:
             raise ConfigError(f"{run_dir} holds an unreadable config ({exc}); refusing to "
                               "overwrite it: choose another --out") from exc
-        if semantic_config(old) != semantic_config(cfg):
-            diff = _diff(semantic_config(old), semantic_config(cfg))
+        diff = first_difference(to_dict(old), to_dict(cfg))
+        if diff is not None:
             raise ConfigError(f"{run_dir} already holds a run with a different config "
-                              f"({diff}); refusing to overwrite it: choose another --out")
-    if dist.rank() == 0:
-        rd.write_config(to_dict(cfg))
+                              f"({diff}); refusing to overwrite it: choose another --out",
+                              key=diff.split(":", 1)[0])
     return rd
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _diff(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key}: {a!r} there, {b!r} now"
-    return ""
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -163,7 +148,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         raise ConfigError(f"optim.batch_size: {batch} exceeds the {data.num_train} training "
                           "images; allowed: at most the training set size",
                           key="optim.batch_size")
-    rd = prepare_run_dir(cfg, run_dir)
+    rd = check_run_dir(cfg, run_dir)
     status = rd.status()
     if status and status.get("state") in ("done", "diverged"):
         log.info("%s is already %s; nothing to do", run_dir, status["state"])
@@ -175,9 +160,12 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
                                            state.center)
     history: list[dict[str, Any]] = []
     start_step = 0
-    semantic = semantic_config(cfg)
+    config = to_dict(cfg)
 
-    state_dict = checkpoint.load_latest(rd.checkpoints, semantic)
+    # Before anything is written: a checkpoint of another run is refused like config.yaml.
+    state_dict = checkpoint.load_latest(rd.checkpoints, config)
+    if is_main:
+        rd.write_config(config)  # the same run: record this config's runtime, root, workers
     embed_dim = int(teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
     evaluator = Evaluator(cfg, data, embed_dim, device, autocast_dtype)
     knn = evaluator.knn
@@ -193,7 +181,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         start_step = int(state_dict["step"])
         history = list(state_dict["metrics"])
         if is_main:
-            rd.write_metrics(history)  # exactly the checkpointed epochs: none lost or doubled
+            _restore_metrics(rd, history)  # exactly the checkpointed epochs, the rest set aside
             log.info("resuming %s at epoch %d (step %d)", run_dir, start_step // steps_per_epoch,
                      start_step)
     else:
@@ -202,12 +190,11 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
             init = evaluator.init_record(teacher, student)
             if is_main:
                 rd.write_init(init)
-                rd.write_metrics([])
             log.info("random-init kNN top-1: teacher %.4f student %.4f; raw pixels: kNN %s "
                      "linear %s", init["knn_teacher_init"], init["knn_student_init"],
                      _pct(init.get("knn_pixels")), _pct(init.get("linear_pixels")))
-        elif is_main:
-            rd.write_metrics([])
+        if is_main:
+            _restore_metrics(rd, [])
 
     rule = state.rule
     model: torch.nn.Module = student
@@ -285,17 +272,15 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         record["peak_memory_mb"] = _peak_memory_mb(device)
         history.append(record)
         if is_main:
-            checkpoint.save(rd.checkpoints, {
+            _save_epoch(rd, {
                 "student": student.state_dict(), "teacher": teacher.state_dict(),
                 "optimizer": optimizer.state_dict(), "center": center.cpu(),
                 "step": last_step + 1, "epoch": epoch + 1, "metrics": history,
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "config": semantic,
-            }, mid_write=functools.partial(faults.maybe_kill, "kill_checkpoint", epoch + 1,
-                                           run_dir))
+                "config": config,
+            }, record)
             _save_best_knn(rd, history, student, teacher)
-            rd.append_metrics(record)
             rd.write_status("running", epoch + 1, cfg.epochs, last_step + 1)
             log.info("epoch %d/%d loss %.4f entropy %.3f kl %.3f knn teacher %s student %s "
                      "(%.1fs)", epoch + 1, cfg.epochs, record["loss"], record["teacher_entropy"],
@@ -315,6 +300,41 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         rd.write_status("done", cfg.epochs, cfg.epochs, sched.total_steps)
         _write_summary(rd, cfg, history, run_start, "done", final)
     return "done"
+
+
+def _save_epoch(rd: RunDir, state: dict[str, Any], record: dict[str, Any]) -> None:
+    """Write the epoch's checkpoint and append its metrics record: both or neither.
+
+    The record is appended once the checkpoint's temporary file is written, just before the
+    renames that make it `last.pt`. A failed write (a full disk, a read-only directory) before
+    or during them removes the temporary file and cuts the record off again, so `last.pt`,
+    `previous.pt` and metrics.jsonl keep the previous epoch, exactly. A SIGKILL between the
+    append and the renames leaves one record more than the checkpoint: the resume sets it
+    aside (`_restore_metrics`).
+    """
+    epoch = int(record["epoch"])
+    appended_at: list[int] = []
+
+    def before_rename() -> None:
+        faults.maybe_kill("kill_checkpoint", epoch, rd.path)
+        faults.maybe_fail_write("checkpoint", epoch, rd.path, rd.checkpoints / checkpoint.LAST)
+        appended_at.append(rd.append_metrics(record, mid_write=functools.partial(
+            faults.maybe_fail_write, "metrics", epoch, rd.path, rd.metrics)))
+
+    try:
+        checkpoint.save(rd.checkpoints, state, mid_write=before_rename)
+    except BaseException:
+        if appended_at:
+            rd.truncate_metrics(appended_at[0])
+        raise
+
+
+def _restore_metrics(rd: RunDir, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl := the restored checkpoint's records; lines beyond them are moved aside."""
+    side = rd.restore_metrics(history)
+    if side is not None:
+        log.warning("metrics.jsonl held records beyond the %d epoch(s) of the checkpoint "
+                    "resumed from; they are kept in %s", len(history), side)
 
 
 def _save_best_knn(rd: RunDir, history: list[dict[str, Any]], student: torch.nn.Module,
@@ -411,7 +431,12 @@ def train_run_dir(run_dir: Path) -> str:
 
 
 def run_guarded(cfg: RunConfig, run_dir: Path) -> str:
-    """`train`, recording an unexpected exception as state `failed` before re-raising."""
+    """`train`, recording an unexpected exception as state `failed` before re-raising.
+
+    A failed write (`is_write_fault`: a full disk, a read-only run directory) is one of them:
+    the checkpoints and metrics.jsonl still hold the last good epoch, and the same command
+    resumes from it once the directory can be written again.
+    """
     try:
         return train(cfg, run_dir)
     except ConfigError:
@@ -419,10 +444,38 @@ def run_guarded(cfg: RunConfig, run_dir: Path) -> str:
     except BaseException as exc:
         if dist.rank() == 0 and (run_dir / "config.yaml").exists() \
                 and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            status = RunDir(run_dir).status() or {}
-            RunDir(run_dir).write_status("failed", int(status.get("epoch", 0)), cfg.epochs,
-                                         int(status.get("step", 0)),
-                                         reason=f"{type(exc).__name__}: {exc}")
+            _record_failure(cfg, run_dir, exc)
         raise
     finally:
         dist.shutdown()
+
+
+#: errno values of a write that failed because of the storage, not of the program.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                          errno.EPERM})
+
+
+def is_write_fault(exc: BaseException) -> bool:
+    """A full disk or quota, or a read-only or unwritable file or directory."""
+    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
+
+
+def _record_failure(cfg: RunConfig, run_dir: Path, exc: BaseException) -> None:
+    """status.json `failed` with the reason; when even that write fails, say so in the log."""
+    rd = RunDir(run_dir)
+    status = rd.status() or {}
+    epoch = int(status.get("epoch", 0))
+    reason = f"{type(exc).__name__}: {exc}"
+    if is_write_fault(exc):
+        reason += (" (a write into the run directory failed; its last good checkpoint and "
+                   "metrics are kept: free space or make it writable, then run the same command "
+                   "to resume)")
+    try:
+        faults.maybe_fail_write("status", epoch, run_dir, rd.path / "status.json")
+        rd.write_status("failed", epoch, cfg.epochs, int(status.get("step", 0)), reason=reason)
+    except OSError as status_exc:
+        log.error("run failed: %s; recording it in %s failed as well (%s), so status.json "
+                  "still says %r", reason, rd.path / "status.json", status_exc,
+                  status.get("state"))
+    else:
+        log.error("run failed (recorded in %s): %s", rd.path / "status.json", reason)

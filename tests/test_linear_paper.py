@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from dino_ablate import linear_paper
-from dino_ablate.config import ConfigError, RunConfig, from_dict
+from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
 from dino_ablate.linear import resolve_protocol
 from dino_ablate.linear_paper import make_head, run_paper_probe
 from dino_ablate.model import build_backbone
@@ -281,3 +281,18 @@ def test_two_rank_ddp_equals_one_process(reference: Path, data_root: Path,
         for key in ("train_loss_teacher", "train_loss_student"):
             assert a[key] == pytest.approx(b[key], abs=1e-5)
     assert json.loads((out / "result.json").read_text())["protocol"]["num_val"] == 18
+
+
+@pytest.mark.parametrize("features", ["last4_cls", "cls_avgpool"])
+def test_probe_with_fewer_blocks_than_the_layout_asks(data_root: Path, tmp_path: Path,
+                                                      features: str) -> None:
+    """A 2-block model under `last4_cls` concatenates the 2 blocks it has (no shape error)."""
+    torch.set_num_threads(1)
+    raw = to_dict(_config(data_root, epochs=1))
+    raw["eval"]["linear_features"] = features
+    cfg = from_dict(raw)
+    proto = resolve_protocol(cfg, 32)
+    result = run_paper_probe(cfg, proto, _backbones(cfg), tmp_path / "linear", CPU, None)
+    assert set(result) == {"teacher", "student"}
+    head = _checkpoint(tmp_path / "linear")["heads"]["teacher"]["weight"]
+    assert head.shape[1] == 32 * (2 if features == "last4_cls" else 2)

@@ -25,13 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    from dino_ablate.rundir import read_json
     from dino_ablate.runs import read_launch, run_dir_of, run_state
 
-    meta = read_json(sweep_dir / "sweep.json")
-    if meta is None:
-        raise ConfigError(f"{sweep_dir}: no sweep.json; not a sweep directory", key="sweep_dir")
-    run_ids = [r["run_id"] for r in meta.get("runs", [])]
+    run_ids = _sweep_run_ids(sweep_dir)
     runs_root = sweep_dir / "runs"
     extra = sorted(p.name for p in runs_root.iterdir() if p.is_dir() and p.name not in run_ids) \
         if runs_root.is_dir() else []
@@ -56,6 +52,22 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                      "in_sweep": run_id in run_ids,
                      "latest": {k: st.latest.get(k) for k in METRIC_COLUMNS}})
     return rows
+
+
+def _sweep_run_ids(sweep_dir: Path) -> list[str]:
+    """The run ids sweep.json lists; a damaged sweep.json is one ConfigError naming it."""
+    from dino_ablate.safeload import read_json_object
+
+    file = sweep_dir / "sweep.json"
+    if not file.is_file():
+        raise ConfigError(f"{sweep_dir}: no sweep.json; not a sweep directory", key="sweep_dir")
+    runs = read_json_object(file).get("runs", [])
+    if not isinstance(runs, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("run_id"), str) for r in runs):
+        raise ConfigError(f"runs: {runs!r} is not allowed; expected a list of objects with a "
+                          "string run_id (as `dino-ablate sweep` writes it)", source=str(file),
+                          key="runs")
+    return [r["run_id"] for r in runs]
 
 
 def _num(value: Any) -> str:

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 from dino_ablate.config import expand_root
 from dino_ablate.errors import ConfigError
 from dino_ablate.launch.base import Backend
-from dino_ablate.sweep import Point, Sweep, load_sweep
+from dino_ablate.preflight import check_point
+from dino_ablate.sweep import (
+    MAX_POINTS,
+    Point,
+    Sweep,
+    SweepPlan,
+    iter_points,
+    load_sweep,
+    plan_sweep,
+)
+
+log = logging.getLogger("dino_ablate.sweep")
 
 DEFAULT_OUT_ENV = "DINO_ABLATE_OUT"
 
@@ -30,7 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"output root; the sweep directory is OUT/<output_dir> (default: "
                    f"${DEFAULT_OUT_ENV} or ./outputs)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the run table and the estimated compute; create nothing")
+                   help="print the run table with the estimated compute and memory; create "
+                   "nothing")
+    p.add_argument("--max-points", type=int, default=MAX_POINTS, metavar="N",
+                   help=f"refuse a sweep that expands to more than N points (default "
+                   f"{MAX_POINTS:,}); the size is known before any point is built")
     p.add_argument("--max-parallel", type=int, default=None, metavar="N",
                    help="at most N runs at once (SLURM array parallelism / Ray concurrent "
                    "trials)")
@@ -73,42 +91,95 @@ def _fmt_resources(point: Point) -> str:
     return f"{r.nodes}x{tasks} {r.cpus_per_task}cpu/task {r.time_min}min"
 
 
-def print_table(sweep: Sweep, sweep_dir: Path, out: TextIO) -> None:
+#: rows that set the dry-run table's column widths; later rows stream out as they are built
+TABLE_HEAD_ROWS = 200
+#: seconds between progress lines while a large sweep expands
+PROGRESS_EVERY_S = 2.0
+
+
+def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> None:
+    """The dry-run table, one row per point as it is built and checked (a large sweep shows
+    its rows and progress at once instead of expanding silently first)."""
     from dino_ablate.launch.cost import estimate
     from dino_ablate.runs import run_dir_of, run_state
 
     exists = sweep_dir.is_dir()
-    rows = [("run id", "varied", "resources", "state", "estimate")]
+    head: list[tuple[str, ...]] = [("run id", "varied", "resources", "state", "estimate",
+                                    "memory")]
+    widths: list[int] = []
     totals: dict[str, float] = {}
-    for point in sweep.points:
+    report = _progress("dry run")
+    count = 0
+    for count, point in enumerate(iter_points(plan), start=1):
+        mem = check_point(point, str(plan.file))
         rd = run_dir_of(sweep_dir, point.run_id)
         state = run_state(rd).state if exists and rd.is_dir() else "pending"
         cost = estimate(point.config, point.resources)
         totals[cost.device] = totals.get(cost.device, 0.0) + cost.device_hours
-        rows.append((point.run_id, point.label, _fmt_resources(point), state,
-                     f"{cost.device_hours:.3g} {cost.device}-h"))
+        row = (point.run_id, point.label, _fmt_resources(point), state,
+               f"{cost.device_hours:.3g} {cost.device}-h", mem.summary())
+        if widths:
+            _write_row(out, row, widths)
+        else:
+            head.append(row)
+            if len(head) > TABLE_HEAD_ROWS:
+                widths = _flush_head(out, head)
+        report(count, plan.size)
+    if not widths:
+        _flush_head(out, head)
+    total = ", ".join(f"{h:.3g} {d}-hours" for d, h in sorted(totals.items()))
+    out.write(f"\n{count} run(s), profile {plan.profile!r}, sweep dir {sweep_dir}\n"
+              f"estimated compute: {total} (training only; see dino_ablate/launch/cost.py for "
+              "the figures' sources); memory: per rank, see dino_ablate/memory.py\n")
+
+
+def _write_row(out: TextIO, row: tuple[str, ...], widths: list[int]) -> None:
+    out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def _flush_head(out: TextIO, rows: list[tuple[str, ...]]) -> list[int]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
-    total = ", ".join(f"{h:.3g} {d}-hours" for d, h in sorted(totals.items()))
-    out.write(f"\n{len(sweep.points)} run(s), profile {sweep.profile!r}, sweep dir {sweep_dir}\n"
-              f"estimated compute: {total} (training only; see dino_ablate/launch/cost.py for "
-              "the figures' sources)\n")
+        _write_row(out, row, widths)
+    out.flush()
+    return widths
+
+
+def _progress(what: str) -> Callable[[int, int], None]:
+    """`report(done, total)`: a log line every PROGRESS_EVERY_S seconds while a sweep
+    expands."""
+    last = time.monotonic()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        if done == 1:  # the first point pays for the imports; time the expansion from here
+            last = time.monotonic()
+        elif time.monotonic() - last >= PROGRESS_EVERY_S and done < total:
+            last = time.monotonic()
+            sys.stdout.flush()
+            log.info("%s: %d of %d points built and checked", what, done, total)
+    return report
 
 
 def run(args: argparse.Namespace) -> int:
-    sweep = load_sweep(args.file, args.profile)  # ConfigError -> exit 2, nothing created
     from dino_ablate.runs import resolve_sweep_dir
 
-    sweep_dir = resolve_sweep_dir(sweep, output_root(args.out))
-    if args.max_parallel is not None and args.max_parallel < 1:
-        raise ConfigError(f"--max-parallel: {args.max_parallel} must be >= 1")
-    if args.max_retries < 0:
-        raise ConfigError(f"--max-retries: {args.max_retries} must be >= 0")
-    if args.dry_run:
-        print_table(sweep, sweep_dir, sys.stdout)
+    for flag, value, least in (("--max-parallel", args.max_parallel, 1),
+                               ("--max-retries", args.max_retries, 0),
+                               ("--max-points", args.max_points, 1)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag}: {value} must be >= {least}")
+    if args.dry_run:  # stream the table while the points are built
+        plan = plan_sweep(args.file, args.profile, max_points=args.max_points)
+        print_table(plan, resolve_sweep_dir(plan, output_root(args.out)), sys.stdout)
         return 0
+    # ConfigError -> exit 2, nothing created
+    sweep = load_sweep(args.file, args.profile, max_points=args.max_points,
+                       progress=_progress("expanding"))
+    sweep_dir = resolve_sweep_dir(sweep, output_root(args.out))
     check_data_roots(sweep)
+    for point in sweep.points:
+        check_point(point, str(sweep.file))
     backend = make_backend(args)
     backend.check(sweep)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
-from dino_ablate.config import load_config
+from dino_ablate.config import load_config, resolve_config_path
+from dino_ablate.preflight import check_train
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,13 +26,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from dino_ablate import dist
-    from dino_ablate.train import check_world_size, run_guarded
+    from dino_ablate.train import check_world_size, is_write_fault, run_guarded
 
     cfg = load_config(args.config, args.overrides)
     check_world_size(cfg, dist.detect().world_size)  # before any run directory exists
+    check_train(cfg, dist.detect().world_size, str(resolve_config_path(args.config)))
     if dist.detect().rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
-    state = run_guarded(cfg, args.out)
+    try:
+        state = run_guarded(cfg, args.out)
+    except OSError as exc:
+        if not is_write_fault(exc):
+            raise
+        # A full disk or a read-only directory is no bug: one line (the log has the details).
+        print(f"error: {exc}; the last good checkpoint is kept: free space or make "
+              f"{args.out} writable, then run the same command to resume", file=sys.stderr)
+        return 1
     if dist.detect().rank == 0:
         print(f"{state}: {args.out}")
     return 0 if state == "done" else 1

@@ -59,7 +59,8 @@ def _family(arch: str) -> str:
     return match.group(1) if match else arch
 
 
-def _tokens(crop: int, patch: int) -> int:
+def tokens_per_crop(crop: int, patch: int) -> int:
+    """Tokens of a ViT on a `crop` x `crop` image: patches (timm pads a partial one) + [CLS]."""
     return math.ceil(crop / patch) ** 2 + 1
 
 
@@ -67,32 +68,35 @@ def _proxy(dim: int, depth: int, tokens: int) -> float:
     return depth * tokens * (12.0 * dim * dim + 2.0 * tokens * dim)
 
 
-def _dims(cfg: RunConfig) -> tuple[int, int]:
+def backbone_dims(cfg: RunConfig) -> tuple[int, int]:
+    """(width, depth) of the backbone: the config's overrides, else its timm family's."""
     dim, depth = ARCH_DIMS.get(_family(cfg.model.arch), ARCH_DIMS["vit_small"])
     return cfg.model.embed_dim or dim, cfg.model.depth or depth
 
 
-def _head_weights(cfg: RunConfig) -> tuple[int, int]:
+def head_weights(cfg: RunConfig) -> tuple[int, int]:
     """Weights of the projection head's MLP and of its last layer (bottleneck x K); together
     they are the head's multiply-adds per crop."""
     head = cfg.head
-    widths = [_dims(cfg)[0], *[head.hidden_dim] * (head.num_layers - 1), head.bottleneck_dim]
+    widths = [backbone_dims(cfg)[0], *[head.hidden_dim] * (head.num_layers - 1),
+              head.bottleneck_dim]
     return sum(a * b for a, b in pairwise(widths)), head.bottleneck_dim * head.out_dim
 
 
-REFERENCE_PROXY = _proxy(384, 12, _tokens(224, 16))
+REFERENCE_PROXY = _proxy(384, 12, tokens_per_crop(224, 16))
 
 
 def crop_seconds_gpu(cfg: RunConfig, crop: int) -> float:
     """V100-seconds to train on one crop of side `crop` px."""
-    dim, depth = _dims(cfg)
+    dim, depth = backbone_dims(cfg)
     key = (_family(cfg.model.arch), cfg.model.patch_size)
     default_arch = cfg.model.embed_dim is None and cfg.model.depth is None
     if default_arch and key in V100_INFERENCE_IM_S:
         at_224 = V100_MS_PER_GLOBAL_CROP * 1007.0 / V100_INFERENCE_IM_S[key] / 1000.0
-        ratio = _tokens(crop, cfg.model.patch_size) / _tokens(224, cfg.model.patch_size)
+        patch = cfg.model.patch_size
+        ratio = tokens_per_crop(crop, patch) / tokens_per_crop(224, patch)
         return at_224 * ratio ** CROP_TOKEN_EXPONENT
-    proxy = _proxy(dim, depth, _tokens(crop, cfg.model.patch_size))
+    proxy = _proxy(dim, depth, tokens_per_crop(crop, cfg.model.patch_size))
     return V100_MS_PER_GLOBAL_CROP / 1000.0 * proxy / REFERENCE_PROXY
 
 
@@ -110,12 +114,13 @@ def estimate(cfg: RunConfig, res: Resources) -> Cost:
                      + cfg.data.num_local_crops * crop_seconds_gpu(cfg, cfg.data.local_crop_size))
         hours = images * per_image / 3600.0
         return Cost("GPU", hours, hours / (res.nodes * res.gpus_per_node))
-    dim, depth = _dims(cfg)
-    mlp, last_layer = _head_weights(cfg)
+    dim, depth = backbone_dims(cfg)
+    mlp, last_layer = head_weights(cfg)
     crops = 2 + cfg.data.num_local_crops
-    proxy = (2 * _proxy(dim, depth, _tokens(cfg.data.global_crop_size, cfg.model.patch_size))
+    patch = cfg.model.patch_size
+    proxy = (2 * _proxy(dim, depth, tokens_per_crop(cfg.data.global_crop_size, patch))
              + cfg.data.num_local_crops
-             * _proxy(dim, depth, _tokens(cfg.data.local_crop_size, cfg.model.patch_size))
+             * _proxy(dim, depth, tokens_per_crop(cfg.data.local_crop_size, patch))
              + crops * (mlp + last_layer))
     # every rank updates the weights once per step of `batch_size` images; only the last
     # layer's are many enough to count beside the per-core figure
