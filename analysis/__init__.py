@@ -1,12 +1,15 @@
 """Turn dino_ablate run directories into tables, figures and reports.
 
 The package reads only what a run directory holds (see ``docs/run_directory.md``) and never
-imports the trainer. Pipeline order, one module per concept:
+imports the trainer: from ``dino_ablate`` it imports only :mod:`dino_ablate.contract`, the
+run-directory contract (file names, states, readers, the collapse classification), which the
+trainer writes by. Pipeline order, one module per concept:
 
 - :mod:`analysis.sweepdir` finds the run directories of a sweep directory;
-- :mod:`analysis.metrics_file` parses ``metrics.jsonl`` (tolerating a truncated last line);
-- :mod:`analysis.rundir` reads one run directory;
-- :mod:`analysis.collapse` classifies a run's entropy/KL series (pure, no I/O);
+- :mod:`analysis.metrics_file` parses ``metrics.jsonl`` (the contract's reader, tolerating a
+  truncated last line);
+- :mod:`analysis.run_reader` reads one run directory;
+- :mod:`analysis.collapse` classifies a run's entropy/KL series (the contract's, pure, no I/O);
 - :mod:`analysis.state` decides a run's state (done, collapsed, running, ...);
 - :mod:`analysis.parallel` reads many run directories in worker processes;
 - :mod:`analysis.cache` keeps parsed runs under ``SWEEP_DIR/.analysis_cache``;

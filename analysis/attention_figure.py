@@ -22,11 +22,12 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from analysis.figure_style import DPI, format_value, point_labels
-from analysis.load import Sweep
+from analysis.load import SweepResults
+from dino_ablate.contract import ATTENTION_DIR
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_FILE = Path("attention") / "maps.npz"
+ATTENTION_FILE = Path(ATTENTION_DIR) / "maps.npz"
 #: The attention picks the colour (blue: least, red: most) and the image the brightness, down to
 #: this share of full brightness on black pixels, so both stay readable in one cell.
 ATTENTION_COLORMAP = "coolwarm"
@@ -67,7 +68,7 @@ def read_attention(run_dir: str | Path) -> RunAttention | None:
     return data
 
 
-def _rows(sweep: Sweep) -> list[tuple[str, RunAttention]]:
+def _rows(sweep: SweepResults) -> list[tuple[str, RunAttention]]:
     """(row label, attention) for the first seed with attention of each point, in sweep order."""
     labels = point_labels(sweep)
     keys = sweep.point_keys
@@ -125,7 +126,7 @@ def _mosaic(rows: list[tuple[str, RunAttention]], columns: int, side: int,
     return mosaic
 
 
-def attention_figure(sweep: Sweep) -> Figure | None:
+def attention_figure(sweep: SweepResults) -> Figure | None:
     """Teacher head-mean attention, rows = points (first seed), columns = images.
 
     None when no run of ``sweep`` has ``attention/maps.npz``. A row whose images are not those

@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.rundir import RunData
+from analysis.run_reader import RunData
 from analysis.sweepdir import RUN_FILES, SWEEP_FILE
 
 logger = logging.getLogger(__name__)
 
 CACHE_DIR = ".analysis_cache"
 CACHE_FILE = "sweep.pkl"
-#: Bump when RunData, Sweep, the parsing rules or the assembled frames change.
-CACHE_VERSION = 3
+#: Bump when RunData, SweepResults, the parsing rules or the assembled frames change.
+CACHE_VERSION = 4
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -58,7 +58,7 @@ class CacheContent:
     Attributes:
         runs: run directory path -> (fingerprint, parsed run).
         sweep_key: the key the assembled sweep was built for, None when not stored.
-        sweep: the assembled sweep (an :class:`analysis.load.Sweep`), None when not stored.
+        sweep: the assembled sweep (an :class:`analysis.load.SweepResults`), None when not stored.
     """
 
     runs: dict[str, tuple[Fingerprint, RunData]] = field(default_factory=dict)

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING
 
 from analysis.sweepdir import NotASweepDirectory
 
-if TYPE_CHECKING:  # pandas (through analysis.load) is imported only when a command runs:
-    from analysis.load import Sweep  # every `dino-ablate` process, `train` too, builds this CLI
+# pandas (through analysis.load) is imported only when a command runs: every `dino-ablate`
+# process, `train` too, builds this CLI
+if TYPE_CHECKING:
+    from analysis.load import SweepResults
 
 OUTPUT_SUBDIR = "analysis"
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
@@ -30,10 +32,10 @@ EXIT_WRITE_FAILED = 1
 EXIT_NOT_A_SWEEP = 2
 
 
-def _load(args: argparse.Namespace) -> Sweep:
-    from analysis.load import load_sweep
+def _load(args: argparse.Namespace) -> SweepResults:
+    from analysis.load import load_results
 
-    return load_sweep(args.sweep_dir, use_cache=not args.no_cache)
+    return load_results(args.sweep_dir, use_cache=not args.no_cache)
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

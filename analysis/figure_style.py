@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from analysis.load import Sweep
+from analysis.load import SweepResults
 
 DPI = 120
 LEGEND_ROW_INCHES = 0.22
@@ -38,7 +38,7 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def point_labels(sweep: Sweep) -> pd.Series:
+def point_labels(sweep: SweepResults) -> pd.Series:
     """Label of each run's sweep point (``key=value, ...``), indexed like ``sweep.runs``."""
     keys = sweep.point_keys
     if not keys:
@@ -103,7 +103,7 @@ def legend_below(fig: Figure, handles: list[Any], ncol: int, title: str | None =
                fontsize=9, title=title, title_fontsize=9)
 
 
-def legend_title(sweep: Sweep) -> str:
+def legend_title(sweep: SweepResults) -> str:
     """What the colours stand for: the varied key(s), or runs."""
     keys = sweep.point_keys
     if keys == ["run_id"]:

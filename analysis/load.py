@@ -1,6 +1,6 @@
 """Load a sweep directory into tidy pandas DataFrames.
 
-:func:`load_sweep` returns a :class:`Sweep` holding
+:func:`load_results` returns a :class:`SweepResults` holding
 
 - ``frame``: one row per (run, epoch) with columns ``run_id``, ``sweep``, one column per varied
   dotted key (e.g. ``teacher.update``), ``seed``, ``epoch``, every ``metrics.jsonl`` key,
@@ -34,10 +34,10 @@ import pandas as pd
 
 from analysis.cache import CacheContent, fingerprint, read_cache, sweep_fingerprint, write_cache
 from analysis.parallel import read_runs
-from analysis.rundir import RunData
+from analysis.run_reader import RunData
 from analysis.sweepdir import SweepLayout, locate
 
-#: Run-level columns of ``Sweep.runs`` besides the varied keys and ``ref_*``.
+#: Run-level columns of ``SweepResults.runs`` besides the varied keys and ``ref_*``.
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id",
     "sweep",
@@ -72,7 +72,7 @@ RUN_COLUMNS: tuple[str, ...] = (
 )
 
 
-#: Run-level baselines (0-1) repeated over each run's rows of ``Sweep.frame``.
+#: Run-level baselines (0-1) repeated over each run's rows of ``SweepResults.frame``.
 BASELINE_COLUMNS: tuple[str, ...] = (
     "knn_teacher_init",
     "knn_student_init",
@@ -91,7 +91,7 @@ FINAL_DIAGNOSTICS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class Sweep:
+class SweepResults:
     """A loaded sweep.
 
     Attributes:
@@ -267,8 +267,8 @@ def _epoch_frame(
     return pd.DataFrame(data)
 
 
-def assemble(layout: SweepLayout, runs: Sequence[RunData]) -> Sweep:
-    """Build a :class:`Sweep` from parsed runs, in ``layout`` order."""
+def assemble(layout: SweepLayout, runs: Sequence[RunData]) -> SweepResults:
+    """Build a :class:`SweepResults` from parsed runs, in ``layout`` order."""
     varied_keys = _unique_keys([run.varied for run in runs])
     ref_keys = _unique_keys([run.reference for run in runs])
     run_ids = [run.run_id for run in runs]
@@ -276,7 +276,7 @@ def assemble(layout: SweepLayout, runs: Sequence[RunData]) -> Sweep:
     if baseline is None or baseline not in run_ids:
         baseline = run_ids[0]
     name = layout.name or next((run.sweep for run in runs if run.sweep), None)
-    return Sweep(
+    return SweepResults(
         root=layout.root,
         name=name or layout.root.resolve().name,
         frame=_epoch_frame(runs, varied_keys, ref_keys),
@@ -288,7 +288,7 @@ def assemble(layout: SweepLayout, runs: Sequence[RunData]) -> Sweep:
     )
 
 
-def load_sweep(path: str | Path, *, use_cache: bool = True) -> Sweep:
+def load_results(path: str | Path, *, use_cache: bool = True) -> SweepResults:
     """Load every run under ``path`` (a sweep, a run, or a directory of runs).
 
     Args:
@@ -302,7 +302,7 @@ def load_sweep(path: str | Path, *, use_cache: bool = True) -> Sweep:
     stamps = [(str(run_dir), fingerprint(run_dir)) for run_dir in layout.run_dirs]
     sweep_key = (sweep_fingerprint(layout.root), tuple(stamps), str(layout.root))
     cached = read_cache(layout.root) if use_cache else CacheContent()
-    if cached.sweep_key == sweep_key and isinstance(cached.sweep, Sweep):
+    if cached.sweep_key == sweep_key and isinstance(cached.sweep, SweepResults):
         return cached.sweep
     stale = [
         Path(run_dir)
@@ -323,5 +323,5 @@ def load_sweep(path: str | Path, *, use_cache: bool = True) -> Sweep:
 
 
 def load_frame(path: str | Path, *, use_cache: bool = True) -> pd.DataFrame:
-    """The tidy per-epoch DataFrame of :func:`load_sweep`."""
-    return load_sweep(path, use_cache=use_cache).frame
+    """The tidy per-epoch DataFrame of :func:`load_results`."""
+    return load_results(path, use_cache=use_cache).frame

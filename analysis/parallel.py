@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from analysis.rundir import RunData, read_run
+from analysis.run_reader import RunData, read_run
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _worker_count(num_runs: int) -> int:
 
 
 def read_runs(run_dirs: Sequence[Path], workers: int | None = None) -> list[RunData]:
-    """Parse ``run_dirs`` (in order) with :func:`analysis.rundir.read_run`.
+    """Parse ``run_dirs`` (in order) with :func:`analysis.run_reader.read_run`.
 
     Args:
         run_dirs: run directories to read.

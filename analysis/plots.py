@@ -52,7 +52,7 @@ from analysis.figure_style import (
     point_colors,
     point_labels,
 )
-from analysis.load import Sweep
+from analysis.load import SweepResults
 from analysis.probe_plots import INIT_GID, PIXELS_GID, PIXELS_STYLE, draw_baselines, linear_figure
 
 PATCH_SIZE_KEY = "model.patch_size"
@@ -62,11 +62,11 @@ RUNS_PER_PAGE = 24
 MAX_LEGEND_INSIDE = 8
 FORMATS = ("png", "pdf")
 
-def _title_of(sweep: Sweep) -> str:
+def _title_of(sweep: SweepResults) -> str:
     return f"sweep {sweep.name}"
 
 
-def _runs_with_metrics(sweep: Sweep, column: str) -> Iterator[tuple[int, pd.DataFrame]]:
+def _runs_with_metrics(sweep: SweepResults, column: str) -> Iterator[tuple[int, pd.DataFrame]]:
     """(index in sweep.runs, that run's epoch rows with a finite ``column``), in sweep order."""
     frame = sweep.frame
     if column not in frame.columns:
@@ -79,7 +79,7 @@ def _runs_with_metrics(sweep: Sweep, column: str) -> Iterator[tuple[int, pd.Data
             yield int(index), rows
 
 
-def knn_overlay_figure(sweep: Sweep) -> Figure:
+def knn_overlay_figure(sweep: SweepResults) -> Figure:
     """Teacher vs student kNN over epochs, mean ± std over seeds per point (Fig. 6 left)."""
     labels = point_labels(sweep)
     colors = point_colors(labels)
@@ -130,7 +130,7 @@ def knn_overlay_figure(sweep: Sweep) -> Figure:
     return fig
 
 
-def knn_run_pages(sweep: Sweep) -> list[Figure]:
+def knn_run_pages(sweep: SweepResults) -> list[Figure]:
     """Teacher vs student kNN per run, :data:`RUNS_PER_PAGE` panels a figure."""
     labels = point_labels(sweep)
     runs = list(_runs_with_metrics(sweep, "knn_teacher"))
@@ -196,7 +196,7 @@ def _draw_run_knn(ax: Axes, run: pd.Series, label: str, rows: pd.DataFrame) -> N
     ax.grid(alpha=0.3)
 
 
-def collapse_figure(sweep: Sweep) -> Figure:
+def collapse_figure(sweep: SweepResults) -> Figure:
     """Teacher entropy and KL(teacher‖student) per run over epochs (Fig. 7)."""
     labels = point_labels(sweep)
     colors = point_colors(labels)
@@ -293,7 +293,7 @@ def _reference_lines(entropy_ax: Axes, kl_ax: Axes, ln_ks: pd.Series) -> None:
     kl_right.set_yticks([0.0], labels=["0: student\n= teacher"], fontsize=8)
 
 
-def _final_by_point(sweep: Sweep, x_key: str) -> pd.DataFrame:
+def _final_by_point(sweep: SweepResults, x_key: str) -> pd.DataFrame:
     """Final teacher kNN (%) mean/std per (x_key value, other point keys), and x stats."""
     runs = sweep.runs[np.isfinite(sweep.runs["knn_teacher"].to_numpy(dtype=float))]
     others = [key for key in sweep.point_keys if key != x_key]
@@ -309,7 +309,7 @@ def _final_by_point(sweep: Sweep, x_key: str) -> pd.DataFrame:
     return runs.groupby(["_series", x_key], sort=True).agg(**aggregations).reset_index()
 
 
-def _scaling_figure(sweep: Sweep, x_key: str, *, x_column: str, x_label: str, title: str,
+def _scaling_figure(sweep: SweepResults, x_key: str, *, x_column: str, x_label: str, title: str,
                     log_base: float) -> Figure:
     fig, axes = figure_grid(1, 1, panel=(7.0, 4.4), gap=(0, 0), margins=(0.75, 0.25, 0.6, 0.4))
     ax = axes[0, 0]
@@ -351,7 +351,7 @@ def _point_tag(x_key: str, value: Any) -> str:
     return f"bs {format_value(value)}"
 
 
-def patch_size_figure(sweep: Sweep) -> Figure | None:
+def patch_size_figure(sweep: SweepResults) -> Figure | None:
     """kNN vs measured throughput per patch size (Fig. 5); None when patch size is not varied."""
     if PATCH_SIZE_KEY not in sweep.varied_keys:
         return None
@@ -360,7 +360,7 @@ def patch_size_figure(sweep: Sweep) -> Figure | None:
                            title="k-NN vs throughput by patch size", log_base=10)
 
 
-def batch_size_figure(sweep: Sweep) -> Figure | None:
+def batch_size_figure(sweep: SweepResults) -> Figure | None:
     """kNN vs batch size (Table 9); None when the batch size is not varied."""
     if BATCH_SIZE_KEY not in sweep.varied_keys:
         return None
@@ -369,7 +369,7 @@ def batch_size_figure(sweep: Sweep) -> Figure | None:
                            title="k-NN vs batch size", log_base=2)
 
 
-def sweep_figures(sweep: Sweep) -> dict[str, Figure]:
+def sweep_figures(sweep: SweepResults) -> dict[str, Figure]:
     """Every figure that applies to ``sweep``, by file stem, in report order."""
     figures: dict[str, Figure] = {"knn_overlay": knn_overlay_figure(sweep)}
     pages = knn_run_pages(sweep)
@@ -398,7 +398,7 @@ def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def write_plots(sweep: Sweep, out_dir: Path) -> list[Path]:
+def write_plots(sweep: SweepResults, out_dir: Path) -> list[Path]:
     """Draw and save every figure of ``sweep`` under ``out_dir``; returns the files written."""
     written = []
     for stem, figure in sweep_figures(sweep).items():

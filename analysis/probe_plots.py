@@ -32,7 +32,7 @@ from analysis.figure_style import (
     point_colors,
     point_labels,
 )
-from analysis.load import Sweep
+from analysis.load import SweepResults
 
 #: Style of the random-init teacher line (in the point's colour when points differ).
 INIT_STYLE: dict[str, Any] = {"linestyle": ":", "linewidth": 1.3}
@@ -48,7 +48,7 @@ _PROBES = (("linear_teacher", "-", "o"), ("linear_student", "--", "s"))
 
 def point_levels(values: pd.Series, labels: pd.Series) -> dict[str, float]:
     """Mean of the finite ``values`` (0-1) per point label, in percent; points without any are
-    left out. ``values`` and ``labels`` are indexed like ``Sweep.runs``."""
+    left out. ``values`` and ``labels`` are indexed like ``SweepResults.runs``."""
     numbers = pd.to_numeric(values, errors="coerce") * 100.0
     frame = pd.DataFrame({"label": labels, "value": numbers}).dropna()
     means = frame.groupby("label", sort=False)["value"].mean()
@@ -61,7 +61,7 @@ def _single(levels: dict[str, float]) -> float | None:
     return next(iter(levels.values())) if len(distinct) == 1 else None
 
 
-def draw_baselines(ax: Axes, sweep: Sweep, *, init_column: str, pixels_column: str,
+def draw_baselines(ax: Axes, sweep: SweepResults, *, init_column: str, pixels_column: str,
                    colors: dict[str, str] | None = None) -> list[Any]:
     """Draw the random-init teacher and raw-pixel levels of ``sweep`` on ``ax`` (percent).
 
@@ -103,7 +103,7 @@ def _labelled_line(ax: Axes, value: float, text: str, gid: str, **style: Any) ->
                 color=style.get("color", "0.3"), bbox=LABEL_BOX)
 
 
-def _probe_rows(sweep: Sweep) -> pd.DataFrame:
+def _probe_rows(sweep: SweepResults) -> pd.DataFrame:
     """Long rows (run_id, epoch, column, value in %) of every linear-probe measurement."""
     frame = sweep.frame
     epoch_known = np.isfinite(frame["epoch"].to_numpy(dtype=float))
@@ -128,7 +128,7 @@ def _probe_rows(sweep: Sweep) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def linear_figure(sweep: Sweep) -> Figure | None:
+def linear_figure(sweep: SweepResults) -> Figure | None:
     """Linear-probe top-1 over epochs with its baselines; None when no run has a probe value."""
     rows = _probe_rows(sweep)
     if rows.empty:

@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.figure_style import DPI
-from analysis.load import Sweep
+from analysis.load import SweepResults
 from analysis.plots import sweep_figures
 from analysis.table_format import display_cells, to_csv, to_latex
 from analysis.tables import AblationTable, build_table
@@ -110,7 +110,7 @@ def _percent(value: Any) -> str:
     return "–" if value is None or pd.isna(value) else f"{float(value) * 100.0:.2f}"
 
 
-def runs_table_html(sweep: Sweep) -> str:
+def runs_table_html(sweep: SweepResults) -> str:
     """One row per run: point, seed, state, epochs, final kNN and linear probe, the random-init
     teacher's, the final collapse diagnostics, compute, collapse, reason."""
     runs = sweep.runs
@@ -156,7 +156,7 @@ def _figure_html(stem: str, figure: Figure) -> str:
     )
 
 
-def render_report(sweep: Sweep) -> str:
+def render_report(sweep: SweepResults) -> str:
     """The report page of ``sweep`` as an HTML string."""
     table = build_table(sweep)
     state_counts = sweep.runs["state"].value_counts()
@@ -207,7 +207,7 @@ entropy and KL (nats) beside the paper's and ln K.</p>
 """
 
 
-def write_report(sweep: Sweep, path: Path) -> Path:
+def write_report(sweep: SweepResults, path: Path) -> Path:
     """Write the report page of ``sweep`` to ``path``; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(sweep), encoding="utf-8")

@@ -2,29 +2,32 @@
 
 The trainer's ``status.json`` says ``running``, ``done``, ``diverged`` or ``failed``; a run with
 no status yet (only ``run.json`` from the launcher) is ``pending``. A ``done`` run whose metrics
-end in a sustained collapse (:mod:`analysis.collapse`) is shown as ``collapsed-uniform`` or
-``collapsed-one-dim`` instead: it finished, but its features are worthless. Other states are
-kept as they are (a ``running`` run that reads collapsed may still be stopped by a launcher; a
-``failed`` or ``diverged`` run is reported for what stopped it).
+end in a sustained collapse (:mod:`dino_ablate.contract.collapse`) is shown as
+``collapsed-uniform`` or ``collapsed-one-dim`` instead: it finished, but its features are
+worthless. Other states are kept as they are (a ``running`` run that reads collapsed may still
+be stopped by a launcher; a ``failed`` or ``diverged`` run is reported for what stopped it).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from analysis.collapse import CollapseResult
+from dino_ablate.contract import LAUNCH_STATES, TRAINER_STATES, CollapseResult
+from dino_ablate.contract.collapse import ONE_DIM, UNIFORM
 
 PENDING: Final = "pending"
 RUNNING: Final = "running"
 DONE: Final = "done"
 DIVERGED: Final = "diverged"
 FAILED: Final = "failed"
+assert {RUNNING, DONE, DIVERGED, FAILED} == set(TRAINER_STATES)
+assert PENDING in LAUNCH_STATES
 
 #: Every state a run can be shown in, in the order tables list them.
 STATES: Final[tuple[str, ...]] = (
     DONE,
-    "collapsed-uniform",
-    "collapsed-one-dim",
+    UNIFORM,
+    ONE_DIM,
     DIVERGED,
     FAILED,
     RUNNING,
@@ -32,7 +35,7 @@ STATES: Final[tuple[str, ...]] = (
 )
 
 
-def run_state(trainer_state: str | None, n_epochs: int, collapse: CollapseResult) -> str:
+def display_state(trainer_state: str | None, n_epochs: int, collapse: CollapseResult) -> str:
     """The displayed state of one run.
 
     Args:

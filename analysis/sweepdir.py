@@ -18,21 +18,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dino_ablate.contract import (
+    CONFIG_FILE,
+    INIT_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    RUNS_SUBDIR,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    SWEEP_FILE,
+)
+
 logger = logging.getLogger(__name__)
 
 #: Files that the contract (docs/run_directory.md) puts in a run directory. A directory holding
 #: any one of them is a run directory; a pending run holds only ``run.json``.
 RUN_FILES: tuple[str, ...] = (
-    "run.json",
-    "config.yaml",
-    "init.json",
-    "metrics.jsonl",
-    "status.json",
-    "summary.json",
+    RUN_FILE,
+    CONFIG_FILE,
+    INIT_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
 )
 
-SWEEP_FILE = "sweep.json"
-RUNS_SUBDIR = "runs"
+__all__ = ["RUNS_SUBDIR", "RUN_FILES", "SWEEP_FILE", "NotASweepDirectory", "SweepLayout",
+           "is_run_dir", "locate", "natural_key"]
 
 
 class NotASweepDirectory(ValueError):

@@ -62,11 +62,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import Sweep
+from analysis.collapse import ONE_DIM, UNIFORM
+from analysis.load import SweepResults
 from analysis.state import DONE, STATES
 
 #: States whose kNN is a final value.
-FINISHED_STATES = frozenset({DONE, "collapsed-uniform", "collapsed-one-dim"})
+FINISHED_STATES = frozenset({DONE, UNIFORM, ONE_DIM})
 
 #: Column used as the point key when a sweep varies nothing (all runs are seeds of one point).
 SINGLE_POINT_KEY = "point"
@@ -74,10 +75,11 @@ SINGLE_POINT_KEY = "point"
 #: Paper reference keys of the collapse diagnostics (nats).
 COLLAPSE_REFERENCE_KEYS = ("teacher_entropy", "kl_teacher_student")
 
-#: ``Sweep.runs`` columns of the final collapse diagnostics (``<column>_mean``/``_std`` here).
+#: ``SweepResults.runs`` columns of the final collapse diagnostics (``<column>_mean``/``_std``
+#: here).
 DIAGNOSTICS = ("final_teacher_entropy", "final_teacher_batch_entropy", "final_kl_teacher_student")
 
-#: (table column, ``Sweep.runs`` column) of the baselines, both in percent in the table.
+#: (table column, ``SweepResults.runs`` column) of the baselines, both in percent in the table.
 BASELINES = (
     ("init_teacher_knn", "knn_teacher_init"),
     ("init_teacher_linear", "linear_teacher_init"),
@@ -190,7 +192,7 @@ def _collapse_related(runs: pd.DataFrame, reference_keys: tuple[str, ...]) -> bo
     return bool((runs["collapse"].fillna("healthy") != "healthy").any())
 
 
-def build_table(sweep: Sweep) -> AblationTable:
+def build_table(sweep: SweepResults) -> AblationTable:
     """Aggregate ``sweep.runs`` into one row per sweep point (module docstring)."""
     runs = sweep.runs.copy()
     point_keys = sweep.point_keys

@@ -30,7 +30,7 @@ from types import ModuleType
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from analysis.load import load_sweep  # noqa: E402
+from analysis.load import load_results  # noqa: E402
 
 
 def _synth() -> ModuleType:
@@ -73,9 +73,9 @@ def _cpu_seconds() -> float:
 
 
 def _timed(root: Path) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, rows) of one load_sweep."""
+    """(wall seconds, CPU seconds, rows) of one load_results."""
     start, cpu = time.perf_counter(), _cpu_seconds()
-    sweep = load_sweep(root)
+    sweep = load_results(root)
     return time.perf_counter() - start, _cpu_seconds() - cpu, len(sweep.frame)
 
 

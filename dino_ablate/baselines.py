@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 
 from dino_ablate.config import RunConfig
+from dino_ablate.contract import read_json, write_json
 from dino_ablate.data import EvalSet
 from dino_ablate.knn import extract_features, knn_predict
 from dino_ablate.linear import LinearProtocol, probe_accuracy
-from dino_ablate.rundir import read_json, write_json
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dino_ablate.config import RunConfig
-from dino_ablate.data import load_data
+from dino_ablate.data import TrainData, load_data
 from dino_ablate.knn import knn_accuracy
 from dino_ablate.model import MultiCropNetwork
 from dino_ablate.schedules import Schedules
-from dino_ablate.step import train_step
+from dino_ablate.step import TrainState, train_step
 from dino_ablate.train import build_state, pick_device
 
 PHASES = ("data", "forward_backward", "optimizer", "teacher_center", "metrics")
@@ -115,63 +115,10 @@ def run_bench(cfg: RunConfig, steps: int = 10, warmup: int = 3,
     state = build_state(cfg, data.channels, device, autocast_dtype)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    times: dict[str, float] = defaultdict(float)
-    clock = [0.0]
-
-    def mark(phase: str) -> None:
-        _sync(device)
-        now = time.perf_counter()
-        times[phase] += now - clock[0]
-        clock[0] = now
-
-    # The bare backbones on the same crops, grouped by resolution like the model does: the
-    # student's forward + backward and the teacher's forward, what the DINO step cannot avoid.
-    assert isinstance(state.student, MultiCropNetwork)
-    assert isinstance(state.teacher, MultiCropNetwork)
-    student_bb, teacher_bb = state.student.backbone, state.teacher.backbone
-
-    def backbone_work(crops: list[torch.Tensor]) -> None:
-        groups = [torch.cat(crops[:2])] + ([torch.cat(crops[2:])] if len(crops) > 2 else [])
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            with torch.no_grad():
-                teacher_bb(groups[0])
-            loss = sum(student_bb(g).float().sum() for g in groups)
-        assert isinstance(loss, torch.Tensor)
-        loss.backward()
-        student_bb.zero_grad(set_to_none=True)
-
-    # Each DINO step is followed by the bare backbones on its crops, so that both are timed
-    # under the same conditions (load from other processes, clock, caches).
-    sums = torch.zeros(4, device=device)
-    crops: list[torch.Tensor] = []
-    backbone_total = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            times.clear()
-            backbone_total = 0.0
-        _sync(device)
-        clock[0] = time.perf_counter()
-        crops = data.batch(i % spe, spe, batch, cfg.seed, 0, 1)
-        mark("data")
-        out = train_step(state, crops, i, cfg, sched, mark)
-        sums += torch.stack([out.loss.detach(), out.teacher_entropy, out.teacher_batch_entropy,
-                             out.kl])
-        mark("metrics")
-        backbone_total += _timed(functools.partial(backbone_work, crops), device, 1)
-    phase_seconds = {p: times[p] / steps for p in PHASES}
+    phase_seconds, backbone_seconds, crops = _time_steps(cfg, data, state, sched, device,
+                                                         autocast_dtype, steps, warmup)
     step_seconds = sum(phase_seconds.values())
-    backbone_seconds = backbone_total / steps
-
-    eval_seconds = 0.0
-    if with_eval:
-        bank, queries = data.knn_sets(cfg.seed)
-        t0 = time.perf_counter()
-        assert isinstance(state.teacher, MultiCropNetwork)
-        knn_accuracy(state.teacher.backbone, bank, queries, data.num_classes, cfg.eval.knn_k,
-                     cfg.eval.knn_temperature, cfg.eval.batch_size, device, autocast_dtype)
-        eval_seconds = time.perf_counter() - t0
+    eval_seconds = _eval_seconds(cfg, data, state, device, autocast_dtype) if with_eval else 0.0
 
     # FLOPs of one whole step (teacher forward, student forward + backward, loss).
     with FlopCounterMode(display=False) as counter:
@@ -193,6 +140,78 @@ def run_bench(cfg: RunConfig, steps: int = 10, warmup: int = 3,
                "batch_size": batch, "crops": [list(c.shape[1:]) for c in crops],
                "threads": torch.get_num_threads(), "arch": cfg.model.arch,
                "patch_size": cfg.model.patch_size})
+
+
+def _time_steps(cfg: RunConfig, data: TrainData, state: TrainState, sched: Schedules,
+                device: torch.device, autocast_dtype: torch.dtype | None, steps: int,
+                warmup: int) -> tuple[dict[str, float], float, list[torch.Tensor]]:
+    """Seconds per step of each phase, of the bare backbones, and the last step's crops.
+
+    Each DINO step is followed by the bare backbones on its crops, so that both are timed
+    under the same conditions (load from other processes, clock, caches).
+    """
+    batch = cfg.optim.batch_size
+    spe = max(data.steps_per_epoch(batch), 1)
+    times: dict[str, float] = defaultdict(float)
+    clock = [0.0]
+
+    def mark(phase: str) -> None:
+        _sync(device)
+        now = time.perf_counter()
+        times[phase] += now - clock[0]
+        clock[0] = now
+
+    backbone_work = _backbone_work(state, device, autocast_dtype)
+    sums = torch.zeros(4, device=device)
+    crops: list[torch.Tensor] = []
+    backbone_total = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            times.clear()
+            backbone_total = 0.0
+        _sync(device)
+        clock[0] = time.perf_counter()
+        crops = data.batch(i % spe, spe, batch, cfg.seed, 0, 1)
+        mark("data")
+        out = train_step(state, crops, i, cfg, sched, mark)
+        sums += torch.stack([out.loss.detach(), out.teacher_entropy, out.teacher_batch_entropy,
+                             out.kl])
+        mark("metrics")
+        backbone_total += _timed(functools.partial(backbone_work, crops), device, 1)
+    return {p: times[p] / steps for p in PHASES}, backbone_total / steps, crops
+
+
+def _backbone_work(state: TrainState, device: torch.device, autocast_dtype: torch.dtype | None
+                   ) -> Callable[[list[torch.Tensor]], None]:
+    """The bare backbones on the same crops, grouped by resolution like the model does: the
+    student's forward + backward and the teacher's forward, what the DINO step cannot avoid."""
+    assert isinstance(state.student, MultiCropNetwork)
+    assert isinstance(state.teacher, MultiCropNetwork)
+    student_bb, teacher_bb = state.student.backbone, state.teacher.backbone
+
+    def backbone_work(crops: list[torch.Tensor]) -> None:
+        groups = [torch.cat(crops[:2])] + ([torch.cat(crops[2:])] if len(crops) > 2 else [])
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            with torch.no_grad():
+                teacher_bb(groups[0])
+            loss = sum(student_bb(g).float().sum() for g in groups)
+        assert isinstance(loss, torch.Tensor)
+        loss.backward()
+        student_bb.zero_grad(set_to_none=True)
+
+    return backbone_work
+
+
+def _eval_seconds(cfg: RunConfig, data: TrainData, state: TrainState, device: torch.device,
+                  autocast_dtype: torch.dtype | None) -> float:
+    """Seconds of one kNN evaluation of the teacher."""
+    bank, queries = data.knn_sets(cfg.seed)
+    t0 = time.perf_counter()
+    assert isinstance(state.teacher, MultiCropNetwork)
+    knn_accuracy(state.teacher.backbone, bank, queries, data.num_classes, cfg.eval.knn_k,
+                 cfg.eval.knn_temperature, cfg.eval.batch_size, device, autocast_dtype)
+    return time.perf_counter() - t0
 
 
 def _cpu_peak_mb() -> float:

@@ -11,13 +11,17 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
 from dino_ablate.errors import ConfigError
 from dino_ablate.identity import first_difference
+
+if TYPE_CHECKING:
+    from dino_ablate.step import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +29,62 @@ LAST = "last.pt"
 PREVIOUS = "previous.pt"
 #: Weights only ({teacher, student, epoch, knn_teacher}) of the epoch with the best teacher kNN.
 BEST_KNN = "best_knn.pt"
-REQUIRED_KEYS = ("student", "teacher", "optimizer", "center", "step", "epoch", "metrics",
-                 "rng_cpu", "config")
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """What `last.pt` holds: the full training state at the end of an epoch.
+
+    Its fields are the checkpoint's keys (`REQUIRED_KEYS` is derived from them), so what is
+    written and what a load requires cannot drift apart.
+    """
+
+    student: dict[str, Any]  # state_dict of the unwrapped student
+    teacher: dict[str, Any]
+    optimizer: dict[str, Any]
+    center: torch.Tensor  # (1, K) fp32, on the CPU
+    step: int  # optimizer steps done
+    epoch: int  # epochs done
+    metrics: list[dict[str, Any]]  # one record per epoch done (metrics.jsonl's lines)
+    rng_cpu: torch.Tensor
+    config: dict[str, Any]  # the resolved run config (`identity` compares it on load)
+    rng_cuda: torch.Tensor | None = None  # None off the GPU
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping torch.save writes (shallow: tensors are not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+#: Keys every checkpoint must hold: the fields of `TrainingCheckpoint` without a default.
+REQUIRED_KEYS = tuple(f.name for f in fields(TrainingCheckpoint) if f.default is MISSING)
+
+
+def pack(state: TrainState, student: torch.nn.Module, *, step: int, epoch: int,
+         metrics: list[dict[str, Any]], config: dict[str, Any],
+         device: torch.device) -> dict[str, Any]:
+    """The checkpoint of `state` after `epoch` epochs (`student` unwrapped from DDP)."""
+    return TrainingCheckpoint(
+        student=student.state_dict(), teacher=state.teacher.state_dict(),
+        optimizer=state.optimizer.state_dict(), center=state.center.cpu(), step=step,
+        epoch=epoch, metrics=metrics, rng_cpu=torch.get_rng_state(), config=config,
+        rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    ).to_dict()
+
+
+def unpack(saved: dict[str, Any], state: TrainState, device: torch.device
+           ) -> tuple[int, list[dict[str, Any]]]:
+    """Restore `state` (student not yet DDP-wrapped) and the RNGs from `saved`.
+
+    Returns the step to resume at and the metrics records the checkpoint holds.
+    """
+    state.student.load_state_dict(saved["student"])
+    state.teacher.load_state_dict(saved["teacher"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.center.copy_(saved["center"].to(device))
+    torch.set_rng_state(saved["rng_cpu"])
+    if device.type == "cuda" and saved.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(saved["rng_cuda"], device)
+    return int(saved["step"]), list(saved["metrics"])
 
 
 def save(folder: Path, state: dict[str, Any],

@@ -66,6 +66,7 @@ import torch.nn as nn
 
 from dino_ablate import checkpoint
 from dino_ablate.config import RunConfig, from_dict
+from dino_ablate.contract import CONFIG_FILE
 from dino_ablate.errors import ConfigError
 from dino_ablate.rundir import RunDir
 
@@ -168,7 +169,7 @@ def official_arch(arch: str, kwargs: Mapping[str, Any]) -> str | None:
 
 
 def read_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
-    file = run_dir / "config.yaml"
+    file = run_dir / CONFIG_FILE
     raw = RunDir(run_dir).read_config()
     if raw is None:
         raise ConfigError(f"{file}: missing or not a mapping; not a run directory")

@@ -318,15 +318,7 @@ def run_paper_probe(cfg: RunConfig, proto: LinearProtocol, backbones: dict[str, 
     best: dict[str, float] = dict(state["best"]) if state is not None else dict.fromkeys(nets, 0.0)
     history: list[dict[str, Any]] = list(state["history"]) if state is not None else []
 
-    local_batch, workers = proto.batch_size // world, cfg.data.num_workers
-    loader_args: dict[str, Any] = {"batch_size": local_batch, "num_workers": workers,
-                                   "pin_memory": device.type == "cuda",
-                                   "persistent_workers": workers > 0}
-    sampler = EpochSampler(DistributedSampler(train_set, num_replicas=world, rank=rank,
-                                              shuffle=True, seed=cfg.seed))
-    train_loader = DataLoader(SeededAugment(train_set, cfg.seed), sampler=sampler,
-                              **loader_args)
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), **loader_args)
+    sampler, train_loader, val_loader = _loaders(cfg, proto, train_set, val_set, device)
     amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
            else contextlib.nullcontext())
 
@@ -352,29 +344,9 @@ def run_paper_probe(cfg: RunConfig, proto: LinearProtocol, backbones: dict[str, 
                 return dict(best)
             t0, lr = time.perf_counter(), heads.lr
             sampler.set_epoch(epoch)
-            for module in heads.modules.values():
-                module.train()
-            loss_sum = torch.zeros(len(nets) + 1, dtype=torch.float64, device=device)
-            for step, (images, labels) in enumerate(train_loader):
-                if step == 1:
-                    faults.maybe_kill("kill_linear", epoch + 1, out_dir.parent)
-                labels = labels.to(device, non_blocking=True)
-                loss_sum[:-1] += heads.train_step(features(images), labels)
-                loss_sum[-1] += labels.shape[0]
-            for scheduler in heads.schedulers.values():
-                scheduler.step()
+            loss_sum = _train_heads(heads, train_loader, features, epoch, device, out_dir)
             top1, num_val = _validate(val_loader, features, heads.modules, device)
-            dist.all_reduce_sum(loss_sum)
-            losses = (loss_sum[:-1] / loss_sum[-1].clamp_min(1)).tolist()
-            if not all(math.isfinite(v) for v in losses):
-                raise FloatingPointError(f"linear probe: non-finite training loss {losses} in "
-                                         f"epoch {epoch + 1}; {out_dir / CHECKPOINT} keeps "
-                                         f"epoch {epoch}")
-            record: dict[str, Any] = {"epoch": epoch + 1}
-            for name, loss in zip(nets, losses, strict=True):
-                best[name] = max(best[name], top1[name])
-                record[f"train_loss_{name}"] = loss
-                record[f"val_top1_{name}"] = top1[name]
+            record = _epoch_record(epoch, loss_sum, top1, best, out_dir)
             record.update(lr=lr, train_images=int(loss_sum[-1]), val_images=num_val,
                           seconds=time.perf_counter() - t0)
             history.append(record)
@@ -386,13 +358,74 @@ def run_paper_probe(cfg: RunConfig, proto: LinearProtocol, backbones: dict[str, 
         for name, net in nets.items():
             net.train(modes[name])
     if rank == 0:
-        last = {name: history[-1][f"val_top1_{name}"] for name in nets}
-        result = {**best, "last": last, "epochs": proto.epochs, "protocol": settings}
-        _atomic_write(out_dir / RESULT, lambda fh: fh.write(
-            (json.dumps(result, indent=2) + "\n").encode()))
-        log.info("linear probe done: best top-1 %s", ", ".join(
-            f"{name} {100 * best[name]:.2f}%" for name in nets))
+        _write_result(out_dir, list(nets), best, history, proto, settings)
     return dict(best)
+
+
+def _loaders(cfg: RunConfig, proto: LinearProtocol, train_set: Any, val_set: Any,
+             device: torch.device) -> tuple[EpochSampler, DataLoader[Any], DataLoader[Any]]:
+    """This rank's share: the shuffled, augmented train loader (and its sampler) and the
+    strided val loader."""
+    world, rank = dist.world_size(), dist.rank()
+    local_batch, workers = proto.batch_size // world, cfg.data.num_workers
+    loader_args: dict[str, Any] = {"batch_size": local_batch, "num_workers": workers,
+                                   "pin_memory": device.type == "cuda",
+                                   "persistent_workers": workers > 0}
+    sampler = EpochSampler(DistributedSampler(train_set, num_replicas=world, rank=rank,
+                                              shuffle=True, seed=cfg.seed))
+    train_loader = DataLoader(SeededAugment(train_set, cfg.seed), sampler=sampler,
+                              **loader_args)
+    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), **loader_args)
+    return sampler, train_loader, val_loader
+
+
+def _train_heads(heads: _Heads, loader: DataLoader[Any],
+                 features: Callable[[torch.Tensor], dict[str, torch.Tensor]], epoch: int,
+                 device: torch.device, out_dir: Path) -> torch.Tensor:
+    """One epoch of every head; returns this rank's (heads + 1,) float64 sums: the
+    per-head loss times images, then the number of images. The schedulers step at the end."""
+    for module in heads.modules.values():
+        module.train()
+    loss_sum = torch.zeros(len(heads.modules) + 1, dtype=torch.float64, device=device)
+    for step, (images, labels) in enumerate(loader):
+        if step == 1:
+            faults.maybe_kill("kill_linear", epoch + 1, out_dir.parent)
+        labels = labels.to(device, non_blocking=True)
+        loss_sum[:-1] += heads.train_step(features(images), labels)
+        loss_sum[-1] += labels.shape[0]
+    for scheduler in heads.schedulers.values():
+        scheduler.step()
+    return loss_sum
+
+
+def _epoch_record(epoch: int, loss_sum: torch.Tensor, top1: dict[str, float],
+                  best: dict[str, float], out_dir: Path) -> dict[str, Any]:
+    """Sum `loss_sum` over ranks (in place), refuse a non-finite loss, update `best` (in
+    place); the epoch's losses and val top-1 per head."""
+    dist.all_reduce_sum(loss_sum)
+    losses = (loss_sum[:-1] / loss_sum[-1].clamp_min(1)).tolist()
+    if not all(math.isfinite(v) for v in losses):
+        raise FloatingPointError(f"linear probe: non-finite training loss {losses} in "
+                                 f"epoch {epoch + 1}; {out_dir / CHECKPOINT} keeps "
+                                 f"epoch {epoch}")
+    record: dict[str, Any] = {"epoch": epoch + 1}
+    for name, loss in zip(top1, losses, strict=True):
+        best[name] = max(best[name], top1[name])
+        record[f"train_loss_{name}"] = loss
+        record[f"val_top1_{name}"] = top1[name]
+    return record
+
+
+def _write_result(out_dir: Path, names: list[str], best: dict[str, float],
+                  history: list[dict[str, Any]], proto: LinearProtocol,
+                  settings: dict[str, Any]) -> None:
+    """result.json: the best and the last val top-1 of each backbone, with the settings."""
+    last = {name: history[-1][f"val_top1_{name}"] for name in names}
+    result = {**best, "last": last, "epochs": proto.epochs, "protocol": settings}
+    _atomic_write(out_dir / RESULT, lambda fh: fh.write(
+        (json.dumps(result, indent=2) + "\n").encode()))
+    log.info("linear probe done: best top-1 %s", ", ".join(
+        f"{name} {100 * best[name]:.2f}%" for name in names))
 
 
 def _validate(loader: DataLoader[Any], features: Callable[[torch.Tensor], dict[str, torch.Tensor]],

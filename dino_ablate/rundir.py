@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import math
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,51 +19,23 @@ from typing import Any
 import yaml
 
 from dino_ablate import safeload
-from dino_ablate.errors import ConfigError
+from dino_ablate.contract import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    INIT_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    TRAINER_STATES,
+    TrainerState,
+    clean,
+    read_json,
+    write_atomic,
+    write_json,
+)
 
-STATES = ("running", "done", "diverged", "failed")
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Replace `path` atomically. The temporary name is this writer's own, so concurrent
-    writers of one file (two submitters rewriting sweep.json) never rename each other's. A
-    failed write (a full disk) removes the temporary file and leaves `path` as it was."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("wb" if isinstance(text, bytes) else "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in `path`, or None when it is missing or unreadable (not UTF-8, not
-    JSON, too deep, not an object): these files are the tool's own records, rewritten by the
-    next writer, so a damaged one counts as absent rather than stopping a resume."""
-    try:
-        return safeload.read_json_object(path)
-    except ConfigError:
-        return None
+# read_json, write_atomic and write_json are the contract's; re-exported for the launchers
+__all__ = ["RunDir", "read_json", "write_atomic", "write_json"]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -82,10 +52,10 @@ class RunDir:
 
     @property
     def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS_DIR
 
     def read_config(self) -> dict[str, Any] | None:
-        file = self.path / "config.yaml"
+        file = self.path / CONFIG_FILE
         if not file.exists():
             return None
         data = safeload.read_yaml(file)  # ConfigError naming the file if it is damaged
@@ -93,32 +63,32 @@ class RunDir:
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_atomic(self.path / CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
 
     def status(self) -> dict[str, Any] | None:
-        return read_json(self.path / "status.json")
+        return read_json(self.path / STATUS_FILE)
 
-    def write_status(self, state: str, epoch: int, epochs: int, step: int,
+    def write_status(self, state: TrainerState, epoch: int, epochs: int, step: int,
                      reason: str | None = None) -> None:
-        assert state in STATES, state
+        assert state in TRAINER_STATES, state
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        write_json(self.path / "status.json", {"state": state, "reason": reason, "epoch": epoch,
+        write_json(self.path / STATUS_FILE, {"state": state, "reason": reason, "epoch": epoch,
                                                "epochs": epochs, "step": step, "updated": now})
 
     def write_init(self, record: dict[str, Any]) -> None:
         """init.json: the random-init networks' evaluation and the pixel baselines."""
-        write_json(self.path / "init.json", record)
+        write_json(self.path / INIT_FILE, record)
 
     def read_init(self) -> dict[str, Any] | None:
-        return read_json(self.path / "init.json")
+        return read_json(self.path / INIT_FILE)
 
     @property
     def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / METRICS_FILE
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl with exactly `records` (the checkpoint's history)."""
-        text = "".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in records)
+        text = "".join(json.dumps(clean(r), sort_keys=True) + "\n" for r in records)
         write_atomic(self.metrics, text)
 
     def restore_metrics(self, records: list[dict[str, Any]]) -> Path | None:
@@ -151,7 +121,7 @@ class RunDir:
         keeps a partial line of this writer. `mid_write` runs half-way through the line (the
         fault tests fail the write there).
         """
-        line = (json.dumps(_clean(record), sort_keys=True) + "\n").encode()
+        line = (json.dumps(clean(record), sort_keys=True) + "\n").encode()
         fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             start = os.lseek(fd, 0, os.SEEK_END)
@@ -177,4 +147,4 @@ class RunDir:
             os.truncate(self.metrics, size)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.path / "summary.json", summary)
+        write_json(self.path / SUMMARY_FILE, summary)

@@ -32,15 +32,28 @@ from typing import Any
 import yaml
 
 from dino_ablate import config as cfgmod
-from dino_ablate import safeload
+from dino_ablate import contract, safeload
+from dino_ablate.contract import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LAUNCH_FILE,
+    LAUNCH_STATES,
+    METRICS_FILE,
+    RUN_FILE,
+    RUNS_SUBDIR,
+    STATUS_FILE,
+    SWEEP_FILE,
+    read_json,
+    write_atomic,
+    write_json,
+)
 from dino_ablate.errors import ConfigError
 from dino_ablate.identity import first_difference
-from dino_ablate.rundir import read_json, write_atomic, write_json
 from dino_ablate.sweep import RUN_ID_RE, Point, Sweep, SweepPlan
 
-#: every state `status` can show; the first four come from the launcher's view, the last three
-#: are final states written by the trainer (status.json).
-STATES = ("pending", "queued", "running", "done", "diverged", "failed")
+#: every state `status` can show: pending and queued are the launcher's view, running, done,
+#: diverged and failed are the trainer's (status.json)
+STATES = LAUNCH_STATES
 FINAL = ("done", "diverged")
 
 
@@ -53,8 +66,8 @@ def run_dir_of(sweep_dir: Path, run_id: str) -> Path:
     if not RUN_ID_RE.match(run_id) or run_id in (".", ".."):
         raise ConfigError(f"run id {run_id!r} is not allowed; expected [A-Za-z0-9_.+-]",
                           key="run_id")
-    path = sweep_dir / "runs" / run_id
-    if path.resolve().parent != (sweep_dir / "runs").resolve():
+    path = sweep_dir / RUNS_SUBDIR / run_id
+    if path.resolve().parent != (sweep_dir / RUNS_SUBDIR).resolve():
         raise ConfigError(f"run id {run_id!r} escapes {sweep_dir}/runs", key="run_id")
     return path
 
@@ -156,7 +169,7 @@ def prepare_run_dir(run_dir: Path, sweep: Sweep, point: Point) -> None:
     """Write config.yaml (once) and run.json. Refuses a directory holding another config."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfgmod.to_dict(point.config)
-    cfg_file = run_dir / "config.yaml"
+    cfg_file = run_dir / CONFIG_FILE
     if cfg_file.exists():
         try:
             existing = safeload.read_yaml(cfg_file)
@@ -168,13 +181,13 @@ def prepare_run_dir(run_dir: Path, sweep: Sweep, point: Point) -> None:
             if diff is not None:
                 raise ConfigError(f"{cfg_file} holds a different config than point "
                                   f"{point.index} ({diff}); refusing to mix runs",
-                                  key="config.yaml")
+                                  key=CONFIG_FILE)
             # only keys that do not define the run changed (identity.NOT_DEFINING: threads,
             # workers, data root): record the new ones; the trainer resumes from the checkpoint
             write_atomic(cfg_file, yaml.safe_dump(cfg, sort_keys=False))
     else:
         write_atomic(cfg_file, yaml.safe_dump(cfg, sort_keys=False))
-    write_json(run_dir / "run.json", {
+    write_json(run_dir / RUN_FILE, {
         "run_id": point.run_id, "sweep": sweep.name, "profile": sweep.profile,
         "varied": point.varied, "seed": point.config.seed, "reference": point.reference,
         "reference_source": point.reference_source,
@@ -183,14 +196,14 @@ def prepare_run_dir(run_dir: Path, sweep: Sweep, point: Point) -> None:
 
 def write_launch(run_dir: Path, backend: str, job_id: str | None, submission: str,
                  **extra: Any) -> None:
-    write_json(run_dir / "launch.json", {"backend": backend, "job_id": job_id,
+    write_json(run_dir / LAUNCH_FILE, {"backend": backend, "job_id": job_id,
                                          "submission": submission, "time": now_iso(), **extra})
 
 
 def has_results(run_dir: Path) -> bool:
     """Whether training has written anything into `run_dir` (metrics or a checkpoint)."""
-    ckpt = run_dir / "checkpoints"
-    return (run_dir / "metrics.jsonl").exists() or (ckpt.is_dir() and any(ckpt.iterdir()))
+    ckpt = run_dir / CHECKPOINTS_DIR
+    return (run_dir / METRICS_FILE).exists() or (ckpt.is_dir() and any(ckpt.iterdir()))
 
 
 def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | None:
@@ -206,15 +219,15 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
     depth = len(PurePosixPath(sweep.output_dir).parts)
     out_root = sweep_dir.parents[depth - 1]
     digest = point.digest
-    own = (sweep_dir / "runs").resolve()
+    own = (sweep_dir / RUNS_SUBDIR).resolve()
     pattern = "/".join(["*"] * depth) + f"/runs/*_{digest}"
     for cand in sorted(out_root.glob(pattern)):
         if cand.parent.resolve() == own or not cand.is_dir():
             continue
-        if (read_json(cand / "status.json") or {}).get("state") != "done":
+        if (read_json(cand / STATUS_FILE) or {}).get("state") != "done":
             continue
         try:
-            cfg = safeload.read_yaml(cand / "config.yaml")
+            cfg = safeload.read_yaml(cand / CONFIG_FILE)
         except ConfigError:  # missing or damaged: not a twin to copy from
             continue
         if isinstance(cfg, dict) and semantic_hash(cfg) == digest:
@@ -223,7 +236,7 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
 
 
 #: launcher files of the twin that describe the twin's sweep, not the run's results
-_NOT_ADOPTED = (".lock", "run.json", "launch.json", "status.json")
+_NOT_ADOPTED = (".lock", RUN_FILE, LAUNCH_FILE, STATUS_FILE)
 
 
 def adopt_finished_run(source: Path, run_dir: Path, sweep: Sweep, point: Point,
@@ -242,28 +255,16 @@ def adopt_finished_run(source: Path, run_dir: Path, sweep: Sweep, point: Point,
             shutil.copy2(entry, run_dir / entry.name)
     prepare_run_dir(run_dir, sweep, point)
     write_launch(run_dir, "copy", None, submission, source=str(source))
-    write_atomic(run_dir / "status.json", (source / "status.json").read_text())
+    write_atomic(run_dir / STATUS_FILE, (source / STATUS_FILE).read_text())
 
 
 def read_launch(run_dir: Path) -> dict[str, Any] | None:
-    return read_json(run_dir / "launch.json")
+    return read_json(run_dir / LAUNCH_FILE)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl records; a truncated last line (a run killed mid-write) is skipped."""
-    try:
-        text = (run_dir / "metrics.jsonl").read_text(errors="replace")
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            rec = safeload.parse_json(line)
-        except ValueError:  # not JSON, too deep, duplicate keys
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    """metrics.jsonl records, by the contract's reader (a truncated last line is skipped)."""
+    return contract.read_metrics(run_dir / METRICS_FILE).records
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
 
     `job_states` maps SLURM job ids (`123_4`) to their state; None when not asked.
     """
-    status = read_json(run_dir / "status.json") or {}
+    status = read_json(run_dir / STATUS_FILE) or {}
     launch = read_launch(run_dir) or {}
     metrics = read_metrics(run_dir)
     latest = metrics[-1] if metrics else {}
@@ -344,10 +345,10 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
 
 def write_sweep_json(sweep_dir: Path, sweep: Sweep) -> None:
     """sweep.json: what the sweep holds now (rewritten by each submission; last one wins)."""
-    previous = read_json(sweep_dir / "sweep.json") or {}
+    previous = read_json(sweep_dir / SWEEP_FILE) or {}
     current = [p.run_id for p in sweep.points]
     earlier = [r for r in previous.get("all_runs", []) if r not in current]
-    write_json(sweep_dir / "sweep.json", {
+    write_json(sweep_dir / SWEEP_FILE, {
         "name": sweep.name, "file": str(sweep.file.resolve()), "profile": sweep.profile,
         "description": sweep.description, "baseline": list(sweep.baseline),
         "varied_keys": list(sweep.varied_keys),

@@ -10,7 +10,6 @@ import errno
 import functools
 import logging
 import math
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dino_ablate import checkpoint, dist, faults
 from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
-from dino_ablate.data import load_data
+from dino_ablate.contract import CONFIG_FILE, STATUS_FILE
+from dino_ablate.data import TrainData, load_data
+from dino_ablate.epoch import Loop, epoch_record, run_steps
 from dino_ablate.evaluate import Evaluator
 from dino_ablate.identity import first_difference
 from dino_ablate.model import (
@@ -31,7 +32,7 @@ from dino_ablate.model import (
 )
 from dino_ablate.rundir import RunDir
 from dino_ablate.schedules import Schedules
-from dino_ablate.step import TrainState, param_groups, train_step
+from dino_ablate.step import TrainState, param_groups
 from dino_ablate.teacher import make_teacher_rule
 
 log = logging.getLogger("dino_ablate.train")
@@ -67,7 +68,7 @@ def check_run_dir(cfg: RunConfig, run_dir: Path) -> RunDir:
     existing = rd.read_config()
     if existing is not None:
         try:
-            old = from_dict(existing, source=str(run_dir / "config.yaml"))
+            old = from_dict(existing, source=str(run_dir / CONFIG_FILE))
         except ConfigError as exc:
             raise ConfigError(f"{run_dir} holds an unreadable config ({exc}); refusing to "
                               "overwrite it: choose another --out") from exc
@@ -77,18 +78,6 @@ def check_run_dir(cfg: RunConfig, run_dir: Path) -> RunDir:
                               f"({diff}); refusing to overwrite it: choose another --out",
                               key=diff.split(":", 1)[0])
     return rd
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _format_eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 \
-        else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def build_state(cfg: RunConfig, channels: int, device: torch.device,
@@ -125,180 +114,143 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     device = pick_device(cfg)
     info = dist.init(device.type)
     check_world_size(cfg, info.world_size)
-    is_main = info.rank == 0
-    if cfg.runtime.threads:
-        torch.set_num_threads(cfg.runtime.threads)
-    if is_main:
-        log.info("world size %d (%s), device %s, %d images per rank per step, %d thread(s) per "
-                 "rank", info.world_size, info.launcher, device,
-                 cfg.optim.batch_size // info.world_size, torch.get_num_threads())
-    if cfg.runtime.deterministic:
-        torch.use_deterministic_algorithms(True)
-    torch.manual_seed(cfg.seed)  # the same on every rank, as the official code
-    autocast_dtype = torch.bfloat16 if (
-        cfg.runtime.precision == "bf16"
-        or (cfg.runtime.precision == "auto" and device.type == "cuda")) else None
-
+    autocast_dtype = _set_up_torch(cfg, info, device)
     # The data first: a missing data folder is a config error, raised before the run directory
     # exists.
     data = load_data(cfg.data, device)
-    batch = cfg.optim.batch_size
-    steps_per_epoch = data.steps_per_epoch(batch)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"optim.batch_size: {batch} exceeds the {data.num_train} training "
-                          "images; allowed: at most the training set size",
-                          key="optim.batch_size")
+    steps_per_epoch = _steps_per_epoch(cfg, data)
     rd = check_run_dir(cfg, run_dir)
     status = rd.status()
     if status and status.get("state") in ("done", "diverged"):
         log.info("%s is already %s; nothing to do", run_dir, status["state"])
         return str(status["state"])
 
-    sched = Schedules(cfg, steps_per_epoch)
-    state = build_state(cfg, data.channels, device, autocast_dtype)
-    student, teacher, optimizer, center = (state.student, state.teacher, state.optimizer,
-                                           state.center)
-    history: list[dict[str, Any]] = []
-    start_step = 0
-    config = to_dict(cfg)
+    loop = _start(cfg, rd, data, info, device, autocast_dtype)
+    is_main = info.rank == 0
+    start_epoch = loop.start_step // steps_per_epoch
+    if is_main:
+        rd.write_status("running", start_epoch, cfg.epochs, loop.start_step)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        steps = run_steps(loop, epoch)
+        if steps.diverged_at is not None:
+            return _diverge(rd, cfg, epoch, steps.diverged_at, is_main)
+        record = epoch_record(loop, epoch, steps.sums, t0)
+        loop.history.append(record)
+        if is_main:
+            _save_epoch(rd, checkpoint.pack(loop.state, loop.student, step=record["step"],
+                                            epoch=epoch + 1, metrics=loop.history,
+                                            config=loop.config, device=device), record)
+            _save_best_knn(rd, loop.history, loop.student, loop.state.teacher)
+            rd.write_status("running", epoch + 1, cfg.epochs, record["step"])
+            _log_epoch(cfg, record)
+        dist.barrier()
+        if cfg.runtime.collapse_stop and _collapsed(loop.history, cfg):
+            return _finish(loop, rd, epoch + 1, record["step"],
+                           reason="stopped early: collapse detected")
+    return _finish(loop, rd, cfg.epochs, loop.sched.total_steps)
 
+
+def _set_up_torch(cfg: RunConfig, info: dist.DistEnv, device: torch.device
+                  ) -> torch.dtype | None:
+    """Threads, determinism and the seed; returns the autocast dtype (None: fp32)."""
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    if info.rank == 0:
+        log.info("world size %d (%s), device %s, %d images per rank per step, %d thread(s) per "
+                 "rank", info.world_size, info.launcher, device,
+                 cfg.optim.batch_size // info.world_size, torch.get_num_threads())
+    if cfg.runtime.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.seed)  # the same on every rank, as the official code
+    return torch.bfloat16 if (
+        cfg.runtime.precision == "bf16"
+        or (cfg.runtime.precision == "auto" and device.type == "cuda")) else None
+
+
+def _steps_per_epoch(cfg: RunConfig, data: TrainData) -> int:
+    batch = cfg.optim.batch_size
+    steps_per_epoch = data.steps_per_epoch(batch)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"optim.batch_size: {batch} exceeds the {data.num_train} training "
+                          "images; allowed: at most the training set size",
+                          key="optim.batch_size")
+    return steps_per_epoch
+
+
+def _start(cfg: RunConfig, rd: RunDir, data: TrainData, info: dist.DistEnv,
+           device: torch.device, autocast_dtype: torch.dtype | None) -> Loop:
+    """Build the state, restore the newest checkpoint (or record the baselines), wrap in DDP.
+
+    The order matters for bit-exact resumes: the networks, then the Evaluator, then the
+    restore (which sets the RNG state) or the random-init evaluation.
+    """
+    is_main = info.rank == 0
+    sched = Schedules(cfg, data.steps_per_epoch(cfg.optim.batch_size))
+    state = build_state(cfg, data.channels, device, autocast_dtype)
+    config = to_dict(cfg)
     # Before anything is written: a checkpoint of another run is refused like config.yaml.
-    state_dict = checkpoint.load_latest(rd.checkpoints, config)
+    saved = checkpoint.load_latest(rd.checkpoints, config)
     if is_main:
         rd.write_config(config)  # the same run: record this config's runtime, root, workers
-    embed_dim = int(teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
+    embed_dim = int(state.teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
     evaluator = Evaluator(cfg, data, embed_dim, device, autocast_dtype)
-    knn = evaluator.knn
-
-    if state_dict is not None:
-        student.load_state_dict(state_dict["student"])
-        teacher.load_state_dict(state_dict["teacher"])
-        optimizer.load_state_dict(state_dict["optimizer"])
-        center.copy_(state_dict["center"].to(device))
-        torch.set_rng_state(state_dict["rng_cpu"])
-        if device.type == "cuda" and state_dict.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state_dict["rng_cuda"], device)
-        start_step = int(state_dict["step"])
-        history = list(state_dict["metrics"])
-        if is_main:
-            _restore_metrics(rd, history)  # exactly the checkpointed epochs, the rest set aside
-            log.info("resuming %s at epoch %d (step %d)", run_dir, start_step // steps_per_epoch,
-                     start_step)
-    else:
-        init = rd.read_init()
-        if init is None:
-            init = evaluator.init_record(teacher, student)
-            if is_main:
-                rd.write_init(init)
-            log.info("random-init kNN top-1: teacher %.4f student %.4f; raw pixels: kNN %s "
-                     "linear %s", init["knn_teacher_init"], init["knn_student_init"],
-                     _pct(init.get("knn_pixels")), _pct(init.get("linear_pixels")))
-        if is_main:
-            _restore_metrics(rd, [])
-
-    rule = state.rule
+    start_step, history = _restore(rd, saved, state, evaluator, device, is_main)
+    if is_main and saved is not None:
+        log.info("resuming %s at epoch %d (step %d)", rd.path,
+                 start_step // sched.steps_per_epoch, start_step)
+    student = state.student
     model: torch.nn.Module = student
     if info.world_size > 1:
         # After the checkpoint is loaded: DDP broadcasts rank 0's weights at construction.
         model = DistributedDataParallel(student, device_ids=[device.index]
                                         if device.type == "cuda" else None)
         state.student = model
+    return Loop(cfg=cfg, data=data, state=state, sched=sched, evaluator=evaluator, info=info,
+                device=device, run_dir=rd.path, model=model, student=student, config=config,
+                history=history, start_step=start_step, run_start=time.perf_counter(),
+                nan_step=faults.nan_step(rd.path))
 
-    start_epoch = start_step // steps_per_epoch
-    if is_main:
-        rd.write_status("running", start_epoch, cfg.epochs, start_step)
-    nan_step = faults.nan_step(run_dir)
-    run_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        sums = torch.zeros(5, device=device)  # loss, entropy, batch entropy, kl, bad-step+1
-        first_bad = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + i
-            faults.maybe_kill("kill_step", step, run_dir)
-            crops = data.batch(step, steps_per_epoch, batch, cfg.seed, info.rank,
-                               info.world_size)
-            if nan_step == step:
-                crops = [c * float("nan") for c in crops]
-            out = train_step(state, crops, step, cfg, sched)
-            sums[:4] += torch.stack([out.loss.detach(), out.teacher_entropy,
-                                     out.teacher_batch_entropy, out.kl])
-            bad = ~torch.isfinite(out.loss.detach())
-            first_bad = torch.where(bad & (first_bad == 0), torch.tensor(float(step + 1),
-                                                                          device=device),
-                                    first_bad)
-            if (i + 1) % cfg.runtime.log_every_steps == 0 or i + 1 == steps_per_epoch:
-                diverged_at = _check_finite(first_bad)
-                if diverged_at is not None:
-                    return _diverge(rd, cfg, epoch, diverged_at, is_main)
-                if is_main:
-                    done = step + 1 - start_step
-                    rate = done / (time.perf_counter() - run_start)
-                    left = (sched.total_steps - step - 1) / max(rate, 1e-9)
-                    log.info("epoch %d/%d step %d/%d loss %.4f lr %.2e %.1f img/s eta %s",
-                             epoch + 1, cfg.epochs, step + 1, sched.total_steps,
-                             float(sums[0]) / (i + 1), sched.lr(step), rate * batch,
-                             _format_eta(left))
-        train_seconds = time.perf_counter() - t0
-        dist.all_reduce_sum(sums)
-        sums /= info.world_size
-        rule.end_of_epoch()
-        last_step = (epoch + 1) * steps_per_epoch - 1
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "step": last_step + 1,
-            "loss": float(sums[0]) / steps_per_epoch,
-            "teacher_entropy": float(sums[1]) / steps_per_epoch,
-            "teacher_batch_entropy": float(sums[2]) / steps_per_epoch,
-            "kl_teacher_student": float(sums[3]) / steps_per_epoch,
-            "lr": sched.lr(last_step), "weight_decay": sched.weight_decay(last_step),
-            "momentum": rule.momentum(sched.momentum(last_step)),
-            "teacher_temp": sched.teacher_temp(last_step),
-            "images_per_s": steps_per_epoch * batch / train_seconds,
-        }
-        t_eval = time.perf_counter()
-        if (epoch + 1) % cfg.eval.every_epochs == 0 or epoch + 1 == cfg.epochs:
-            faults.maybe_kill("kill_eval", epoch + 1, run_dir)
-            record["knn_teacher"] = knn(teacher)
-            record["knn_student"] = knn(model)
-        else:
-            record["knn_teacher"] = record["knn_student"] = None
-        t_linear = time.perf_counter()
-        due = evaluator.linear_due(epoch + 1)
-        record["linear_teacher"] = evaluator.linear(teacher) if due else None
-        record["linear_student"] = evaluator.linear(model) if due else None
-        record["linear_seconds"] = time.perf_counter() - t_linear
-        record["eval_seconds"] = time.perf_counter() - t_eval
-        record["epoch_seconds"] = time.perf_counter() - t0
-        record["peak_memory_mb"] = _peak_memory_mb(device)
-        history.append(record)
-        if is_main:
-            _save_epoch(rd, {
-                "student": student.state_dict(), "teacher": teacher.state_dict(),
-                "optimizer": optimizer.state_dict(), "center": center.cpu(),
-                "step": last_step + 1, "epoch": epoch + 1, "metrics": history,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "config": config,
-            }, record)
-            _save_best_knn(rd, history, student, teacher)
-            rd.write_status("running", epoch + 1, cfg.epochs, last_step + 1)
-            log.info("epoch %d/%d loss %.4f entropy %.3f kl %.3f knn teacher %s student %s "
-                     "(%.1fs)", epoch + 1, cfg.epochs, record["loss"], record["teacher_entropy"],
-                     record["kl_teacher_student"], _pct(record["knn_teacher"]),
-                     _pct(record["knn_student"]), record["epoch_seconds"])
-        dist.barrier()
-        if cfg.runtime.collapse_stop and _collapsed(history, cfg):
-            final = _end_of_run(rd, evaluator, teacher, student, history, is_main)
+
+def _restore(rd: RunDir, saved: dict[str, Any] | None, state: TrainState,
+             evaluator: Evaluator, device: torch.device, is_main: bool
+             ) -> tuple[int, list[dict[str, Any]]]:
+    """The step to start at and the metrics records so far; metrics.jsonl is made to match.
+
+    Without a checkpoint the random-init and raw-pixel baselines are evaluated (once: init.json).
+    """
+    if saved is not None:
+        start_step, history = checkpoint.unpack(saved, state, device)
+    else:
+        start_step, history = 0, []
+        init = rd.read_init()
+        if init is None:
+            init = evaluator.init_record(state.teacher, state.student)
             if is_main:
-                rd.write_status("done", epoch + 1, cfg.epochs, last_step + 1,
-                                reason="stopped early: collapse detected")
-                _write_summary(rd, cfg, history, run_start, "done", final)
-            return "done"
-
-    final = _end_of_run(rd, evaluator, teacher, student, history, is_main)
+                rd.write_init(init)
+            log.info("random-init kNN top-1: teacher %.4f student %.4f; raw pixels: kNN %s "
+                     "linear %s", init["knn_teacher_init"], init["knn_student_init"],
+                     _pct(init.get("knn_pixels")), _pct(init.get("linear_pixels")))
     if is_main:
-        rd.write_status("done", cfg.epochs, cfg.epochs, sched.total_steps)
-        _write_summary(rd, cfg, history, run_start, "done", final)
+        _restore_metrics(rd, history)  # exactly the checkpointed epochs, the rest set aside
+    return start_step, history
+
+
+def _log_epoch(cfg: RunConfig, record: dict[str, Any]) -> None:
+    log.info("epoch %d/%d loss %.4f entropy %.3f kl %.3f knn teacher %s student %s (%.1fs)",
+             record["epoch"], cfg.epochs, record["loss"], record["teacher_entropy"],
+             record["kl_teacher_student"], _pct(record["knn_teacher"]),
+             _pct(record["knn_student"]), record["epoch_seconds"])
+
+
+def _finish(loop: Loop, rd: RunDir, epoch: int, step: int, reason: str | None = None) -> str:
+    """The end-of-run evaluations, status `done` and summary.json."""
+    is_main = loop.info.rank == 0
+    final = _end_of_run(rd, loop.evaluator, loop.state.teacher, loop.student, loop.history,
+                        is_main)
+    if is_main:
+        rd.write_status("done", epoch, loop.cfg.epochs, step, reason=reason)
+        _write_summary(rd, loop.cfg, loop.history, loop.run_start, "done", final)
     return "done"
 
 
@@ -372,22 +324,6 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _check_finite(first_bad: torch.Tensor) -> int | None:
-    """The step of the first non-finite loss on any rank, or None (one host sync)."""
-    flag = first_bad.clone()
-    if dist.is_initialized():
-        # The smallest positive step over ranks: encode "none" as +inf for a MIN via negation.
-        flag = torch.where(flag > 0, flag, torch.tensor(float("inf"), device=flag.device))
-        flag = -flag
-        import torch.distributed as torch_dist
-        torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-        flag = -flag
-        value = float(flag)
-        return None if math.isinf(value) else int(value) - 1
-    value = float(flag)
-    return int(value) - 1 if value > 0 else None
-
-
 def _diverge(rd: RunDir, cfg: RunConfig, epoch: int, step: int, is_main: bool) -> str:
     log.error("non-finite loss at step %d (epoch %d); the run stops as diverged, its last "
               "checkpoint is kept", step, epoch + 1)
@@ -398,7 +334,7 @@ def _diverge(rd: RunDir, cfg: RunConfig, epoch: int, step: int, is_main: bool) -
 
 
 def _collapsed(history: list[dict[str, Any]], cfg: RunConfig) -> bool:
-    from analysis.collapse import detect
+    from dino_ablate.contract import detect
 
     result = detect([r["teacher_entropy"] for r in history],
                     [r["kl_teacher_student"] for r in history], math.log(cfg.head.out_dim))
@@ -427,7 +363,7 @@ def train_run_dir(run_dir: Path) -> str:
     raw = RunDir(run_dir).read_config()
     if raw is None:
         raise ConfigError(f"{run_dir} has no config.yaml")
-    return run_guarded(from_dict(raw, source=str(run_dir / "config.yaml")), run_dir)
+    return run_guarded(from_dict(raw, source=str(run_dir / CONFIG_FILE)), run_dir)
 
 
 def run_guarded(cfg: RunConfig, run_dir: Path) -> str:
@@ -442,7 +378,7 @@ def run_guarded(cfg: RunConfig, run_dir: Path) -> str:
     except ConfigError:
         raise
     except BaseException as exc:
-        if dist.rank() == 0 and (run_dir / "config.yaml").exists() \
+        if dist.rank() == 0 and (run_dir / CONFIG_FILE).exists() \
                 and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             _record_failure(cfg, run_dir, exc)
         raise
@@ -471,11 +407,11 @@ def _record_failure(cfg: RunConfig, run_dir: Path, exc: BaseException) -> None:
                    "metrics are kept: free space or make it writable, then run the same command "
                    "to resume)")
     try:
-        faults.maybe_fail_write("status", epoch, run_dir, rd.path / "status.json")
+        faults.maybe_fail_write("status", epoch, run_dir, rd.path / STATUS_FILE)
         rd.write_status("failed", epoch, cfg.epochs, int(status.get("step", 0)), reason=reason)
     except OSError as status_exc:
         log.error("run failed: %s; recording it in %s failed as well (%s), so status.json "
-                  "still says %r", reason, rd.path / "status.json", status_exc,
+                  "still says %r", reason, rd.path / STATUS_FILE, status_exc,
                   status.get("state"))
     else:
-        log.error("run failed (recorded in %s): %s", rd.path / "status.json", reason)
+        log.error("run failed (recorded in %s): %s", rd.path / STATUS_FILE, reason)

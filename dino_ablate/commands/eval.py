@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    from dino_ablate.rundir import read_json, write_json
+    from dino_ablate.contract import read_json, write_json
 
     wanted = [name for name in ("knn", "linear", "attention") if getattr(args, name)]
     wanted = wanted or ["knn", "linear", "attention"]

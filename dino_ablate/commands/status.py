@@ -25,10 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    from dino_ablate.contract import RUNS_SUBDIR
     from dino_ablate.runs import read_launch, run_dir_of, run_state
 
     run_ids = _sweep_run_ids(sweep_dir)
-    runs_root = sweep_dir / "runs"
+    runs_root = sweep_dir / RUNS_SUBDIR
     extra = sorted(p.name for p in runs_root.iterdir() if p.is_dir() and p.name not in run_ids) \
         if runs_root.is_dir() else []
     slurm_ids = []
@@ -56,11 +57,13 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def _sweep_run_ids(sweep_dir: Path) -> list[str]:
     """The run ids sweep.json lists; a damaged sweep.json is one ConfigError naming it."""
+    from dino_ablate.contract import SWEEP_FILE
     from dino_ablate.safeload import read_json_object
 
-    file = sweep_dir / "sweep.json"
+    file = sweep_dir / SWEEP_FILE
     if not file.is_file():
-        raise ConfigError(f"{sweep_dir}: no sweep.json; not a sweep directory", key="sweep_dir")
+        raise ConfigError(f"{sweep_dir}: no {SWEEP_FILE}; not a sweep directory",
+                          key="sweep_dir")
     runs = read_json_object(file).get("runs", [])
     if not isinstance(runs, list) or not all(
             isinstance(r, dict) and isinstance(r.get("run_id"), str) for r in runs):

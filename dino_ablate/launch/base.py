@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from dino_ablate.rundir import read_json
+from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json
 from dino_ablate.runs import (
     FINAL,
     RunLock,
@@ -96,7 +96,7 @@ def recorded_job_ids(sweep: Sweep, sweep_dir: Path, backend: str) -> list[str]:
 
 def _skip_reason(run_dir: Path, backend: Backend, states: Mapping[str, str]) -> str | None:
     """Why this run must not be launched now (its lock is held by us), or None."""
-    status = read_json(run_dir / "status.json") or {}
+    status = read_json(run_dir / STATUS_FILE) or {}
     if status.get("state") in FINAL:
         return f"{status['state']} (epoch {status.get('epoch')}/{status.get('epochs')})"
     launch = read_launch(run_dir) or {}
@@ -115,7 +115,7 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
                  lock_wait_s: float = SUBMIT_LOCK_WAIT_S) -> Submission:
     """Launch every point that needs it. The sweep must already be validated."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "runs").mkdir(exist_ok=True)
+    (sweep_dir / RUNS_SUBDIR).mkdir(exist_ok=True)
     write_sweep_json(sweep_dir, sweep)
     submission_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     states = backend.job_states(recorded_job_ids(sweep, sweep_dir, backend.name))

@@ -37,10 +37,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from dino_ablate.contract import CONFIG_FILE, STATUS_FILE, read_json
 from dino_ablate.errors import ConfigError
 from dino_ablate.launch import ray_local
 from dino_ablate.launch.base import LaunchItem, LaunchOutcome, record_launch
-from dino_ablate.rundir import read_json
 from dino_ablate.runs import FINAL, read_metrics
 from dino_ablate.sweep import Sweep
 
@@ -76,7 +76,7 @@ def rank_commands(run_dir: Path, nproc: int, threads: int
             and not k.startswith("SLURM_")}
     base.setdefault("GLOO_SOCKET_IFNAME", "lo")
     base["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "dino_ablate", "train", str(run_dir / "config.yaml"),
+    cmd = [sys.executable, "-m", "dino_ablate", "train", str(run_dir / CONFIG_FILE),
            "--out", str(run_dir)]
     if nproc == 1:
         return [(cmd, base)]
@@ -140,7 +140,7 @@ def run_point_trial(config: dict[str, Any]) -> None:
         codes = [p.poll() for p in procs]
     for rec in read_metrics(run_dir)[reported:]:
         tune.report(_numeric(rec))
-    status = read_json(run_dir / "status.json") or {}
+    status = read_json(run_dir / STATUS_FILE) or {}
     state = status.get("state")
     if state in FINAL:
         return
@@ -344,7 +344,7 @@ class RayBackend:
             log.info("ray: %d trial(s) in %.1f s, %d error(s)", len(specs),
                      time.perf_counter() - started, grid.num_errors)
         for item in items:
-            status = read_json(item.run_dir / "status.json") or {}
+            status = read_json(item.run_dir / STATUS_FILE) or {}
             if status.get("state") not in FINAL:
                 outcome.failed[item.point.run_id] = (
                     f"state {status.get('state')!r}: {status.get('reason')}")

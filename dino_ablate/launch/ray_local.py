@@ -137,12 +137,7 @@ def start_ray(
         ValueError: ``temp_dir`` is too long for Ray's unix sockets.
     """
     setup_env()
-    temp_path = Path(temp_dir).resolve()
-    if len(str(temp_path)) > MAX_TEMP_DIR_LEN:
-        raise ValueError(
-            f"temp_dir {str(temp_path)!r} is {len(str(temp_path))} characters; Ray's unix "
-            f"socket paths need it to be at most {MAX_TEMP_DIR_LEN}"
-        )
+    temp_path = _checked_temp_dir(temp_dir)
     import ray
     from ray._private.worker import RayContext
 
@@ -151,13 +146,7 @@ def start_ray(
     merged_runtime_env: dict[str, Any] = dict(runtime_env or {})
     real_home = os.environ.get("HOME") or os.path.expanduser("~")
     if block_cloud_probe:
-        fake_home = temp_path / "home"
-        fake_home.mkdir(exist_ok=True)
-        (fake_home / "ray_bootstrap_config.yaml").write_text("{}\n")
-        env_vars = dict(merged_runtime_env.get("env_vars") or {})
-        env_vars.setdefault("HOME", real_home)
-        merged_runtime_env["env_vars"] = env_vars
-        os.environ["HOME"] = str(fake_home)
+        _use_fake_home(temp_path, merged_runtime_env, real_home)
     try:
         context = ray.init(
             address="local",  # never attach to a cluster named by RAY_ADDRESS or `ray start`
@@ -181,6 +170,29 @@ def start_ray(
         ray.shutdown()
         raise RuntimeError(f"Ray node came up on {node_ip!r}, expected {LOOPBACK_IP}")
     return context
+
+
+def _checked_temp_dir(temp_dir: str | Path) -> Path:
+    """`temp_dir` resolved; ValueError when it is too long for Ray's unix sockets."""
+    temp_path = Path(temp_dir).resolve()
+    if len(str(temp_path)) > MAX_TEMP_DIR_LEN:
+        raise ValueError(
+            f"temp_dir {str(temp_path)!r} is {len(str(temp_path))} characters; Ray's unix "
+            f"socket paths need it to be at most {MAX_TEMP_DIR_LEN}"
+        )
+    return temp_path
+
+
+def _use_fake_home(temp_path: Path, runtime_env: dict[str, Any], real_home: str) -> None:
+    """Point HOME at `temp_path/home`, which holds an empty ray_bootstrap_config.yaml (see
+    `start_ray`'s block_cloud_probe); the workers get `real_home` back via `runtime_env`."""
+    fake_home = temp_path / "home"
+    fake_home.mkdir(exist_ok=True)
+    (fake_home / "ray_bootstrap_config.yaml").write_text("{}\n")
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    env_vars.setdefault("HOME", real_home)
+    runtime_env["env_vars"] = env_vars
+    os.environ["HOME"] = str(fake_home)
 
 
 def connect_ray(

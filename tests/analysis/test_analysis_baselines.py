@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.load import load_sweep
+from analysis.load import load_results
 from analysis.plots import knn_overlay_figure, knn_run_pages, sweep_figures
 from analysis.probe_plots import INIT_GID, PIXELS_GID, linear_figure
 from analysis.report import ablation_table_html, runs_table_html
@@ -65,7 +65,7 @@ def collapse_sweep(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def table(collapse_sweep: Path) -> AblationTable:
-    return build_table(load_sweep(collapse_sweep))
+    return build_table(load_results(collapse_sweep))
 
 
 def _markdown_rows(text: str) -> list[dict[str, str]]:
@@ -90,7 +90,7 @@ def _healthy_final() -> tuple[float, float, float]:
 
 
 def test_runs_frame_reads_the_new_keys(collapse_sweep: Path) -> None:
-    runs = load_sweep(collapse_sweep).runs.set_index("run_id")
+    runs = load_results(collapse_sweep).runs.set_index("run_id")
     run = runs.loc["both-s1"]
     assert run["linear_teacher"] == pytest.approx(0.52)  # the last (epoch 10) probe
     assert run["linear_student"] == pytest.approx(0.46)
@@ -106,7 +106,7 @@ def test_runs_frame_reads_the_new_keys(collapse_sweep: Path) -> None:
 
 
 def test_epoch_frame_has_probe_and_baselines(collapse_sweep: Path) -> None:
-    frame = load_sweep(collapse_sweep).frame
+    frame = load_results(collapse_sweep).frame
     run = frame[frame["run_id"] == "both-s0"]
     measured = run.loc[run["linear_teacher"].notna(), "epoch"].tolist()
     assert measured == [3, 6, 9, 10]
@@ -122,7 +122,7 @@ def test_summary_values_are_used_when_files_lack_them(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     summary.update(linear_teacher=0.61, linear_student=0.6)
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    run = load_sweep(run_dir).runs.iloc[0]
+    run = load_results(run_dir).runs.iloc[0]
     assert (run["linear_teacher"], run["linear_student"]) == pytest.approx((0.61, 0.6))
     assert run["knn_pixels"] == pytest.approx(0.2) and run["knn_teacher_init"] == 0.30
 
@@ -206,7 +206,7 @@ def test_a_point_below_init_says_so_in_its_delta(tmp_path: Path) -> None:
     runs = [{"run_id": name, "varied": {"x": name}, "init": (init, 0.3),
              "records": synth.make_records(3, knn_teacher_final=final)}
             for name, final, init in (("a", 0.60, 0.30), ("b", 0.70, 0.75))]
-    rows = _markdown_rows(to_markdown(build_table(load_sweep(
+    rows = _markdown_rows(to_markdown(build_table(load_results(
         synth.write_sweep(tmp_path / "s", runs)))))
     assert rows[0]["Δ teacher vs baseline (pp)"] == "baseline"
     assert rows[1]["Δ teacher vs baseline (pp)"] == f"+10.00 ({BELOW_INIT})"
@@ -252,7 +252,7 @@ def test_html_columns_and_marker(table: AblationTable, collapse_sweep: Path) -> 
     rows = re.findall(r"<tr( class=\"[^\"]*\")?>(.*?)</tr>", text)[1:]
     assert [attribute for attribute, _ in rows] == [' class="baseline below-init"', "", ""]
     assert [BELOW_INIT in cells for _, cells in rows] == [True, False, False]
-    runs = runs_table_html(load_sweep(collapse_sweep))
+    runs = runs_table_html(load_results(collapse_sweep))
     assert "teacher linear (%)" in runs and "random-init teacher kNN (%)" in runs
     assert "<td class=\"num\">52.00</td>" in runs  # both-s1's final teacher probe
 
@@ -261,7 +261,7 @@ def test_html_columns_and_marker(table: AblationTable, collapse_sweep: Path) -> 
 
 
 def test_old_runs_without_the_new_keys_render_missing(teacher_sweep: Path) -> None:
-    table = build_table(load_sweep(teacher_sweep))
+    table = build_table(load_results(teacher_sweep))
     rows = _markdown_rows(to_markdown(table))
     ema = rows[0]
     for header in ("teacher linear (%)", "student linear (%)", "random-init teacher linear (%)",
@@ -277,7 +277,7 @@ def test_old_runs_without_the_new_keys_render_missing(teacher_sweep: Path) -> No
 
 
 def test_collapse_columns_only_for_collapse_related_sweeps(small_sweep: Path) -> None:
-    table = build_table(load_sweep(small_sweep))
+    table = build_table(load_results(small_sweep))
     assert not table.show_collapse
     headers = list(_markdown_rows(to_markdown(table))[0])
     assert "teacher entropy (nats)" not in headers and "ln K" not in headers
@@ -289,7 +289,7 @@ def test_a_collapsed_run_shows_the_collapse_columns(tmp_path: Path) -> None:
     runs = [{"run_id": "a", "varied": {"x": 1}, "records": synth.make_records(5)},
             {"run_id": "b", "varied": {"x": 2},
              "records": synth.make_records(5, collapse="uniform")}]
-    table = build_table(load_sweep(synth.write_sweep(tmp_path / "s", runs)))
+    table = build_table(load_results(synth.write_sweep(tmp_path / "s", runs)))
     assert table.show_collapse and "| KL (nats) |" in to_markdown(table)
 
 
@@ -302,7 +302,7 @@ def _levels(ax: Any, gid: str) -> list[float]:
 
 
 def test_knn_figures_draw_the_baselines(collapse_sweep: Path) -> None:
-    sweep = load_sweep(collapse_sweep)
+    sweep = load_results(collapse_sweep)
     ax = knn_overlay_figure(sweep).axes[0]
     assert _levels(ax, INIT_GID) == pytest.approx([46.3])
     assert _levels(ax, PIXELS_GID) == pytest.approx([40.0])
@@ -316,13 +316,13 @@ def test_knn_figures_draw_the_baselines(collapse_sweep: Path) -> None:
 def test_random_init_lines_per_point_when_they_differ(tmp_path: Path) -> None:
     runs = [{"run_id": f"p{index}", "varied": {"x": index}, "init": (init, 0.3),
              "records": synth.make_records(3)} for index, init in enumerate((0.2, 0.25))]
-    ax = knn_overlay_figure(load_sweep(synth.write_sweep(tmp_path / "s", runs))).axes[0]
+    ax = knn_overlay_figure(load_results(synth.write_sweep(tmp_path / "s", runs))).axes[0]
     assert sorted(_levels(ax, INIT_GID)) == pytest.approx([20.0, 25.0])
     assert _levels(ax, PIXELS_GID) == []  # the runs predate the raw-pixel baseline
 
 
 def test_linear_figure(collapse_sweep: Path, teacher_sweep: Path) -> None:
-    sweep = load_sweep(collapse_sweep)
+    sweep = load_results(collapse_sweep)
     figure = linear_figure(sweep)
     assert figure is not None and "linear" in sweep_figures(sweep)
     ax = figure.axes[0]
@@ -333,5 +333,5 @@ def test_linear_figure(collapse_sweep: Path, teacher_sweep: Path) -> None:
     assert np.asarray(curves[0].get_ydata())[-1] == pytest.approx(51.0)
     assert _levels(ax, INIT_GID) == pytest.approx([49.0])
     assert _levels(ax, PIXELS_GID) == pytest.approx([55.0])
-    old = load_sweep(teacher_sweep)
+    old = load_results(teacher_sweep)
     assert linear_figure(old) is None and "linear" not in sweep_figures(old)

@@ -13,8 +13,8 @@ import pytest
 import analysis.load
 from analysis import parallel
 from analysis.cache import cache_path
-from analysis.load import load_frame, load_sweep
-from analysis.rundir import read_run
+from analysis.load import load_frame, load_results
+from analysis.run_reader import read_run
 from analysis.sweepdir import NotASweepDirectory
 from tests.analysis import synth
 
@@ -36,7 +36,7 @@ def test_frame_columns_and_values(teacher_sweep: Path) -> None:
 
 
 def test_states_partial_truncated_and_pending_runs(teacher_sweep: Path) -> None:
-    sweep = load_sweep(teacher_sweep)
+    sweep = load_results(teacher_sweep)
     states = dict(zip(sweep.runs["run_id"], sweep.runs["state"], strict=True))
     assert states["ema-s0"] == "done"
     assert states["student_copy-s0"] == "collapsed-uniform"
@@ -62,11 +62,11 @@ def test_states_partial_truncated_and_pending_runs(teacher_sweep: Path) -> None:
 def test_baseline_is_named_or_first(tmp_path: Path) -> None:
     runs = [{"run_id": name, "varied": {"x": index}, "records": synth.make_records(2)}
             for index, name in enumerate(["b", "a"])]
-    assert load_sweep(synth.write_sweep(tmp_path / "s1", runs)).baseline_run_id == "b"
+    assert load_results(synth.write_sweep(tmp_path / "s1", runs)).baseline_run_id == "b"
     named = synth.write_sweep(tmp_path / "s2", runs, baseline="a")
-    assert load_sweep(named).baseline_run_id == "a"
+    assert load_results(named).baseline_run_id == "a"
     unlisted = synth.write_sweep(tmp_path / "s3", runs, with_sweep_json=False)
-    assert load_sweep(unlisted).baseline_run_id == "a"  # no sweep.json: sorted by name
+    assert load_results(unlisted).baseline_run_id == "a"  # no sweep.json: sorted by name
 
 
 def test_single_run_directory_and_directory_of_runs(tmp_path: Path) -> None:
@@ -74,9 +74,9 @@ def test_single_run_directory_and_directory_of_runs(tmp_path: Path) -> None:
                           with_run_json=False, seed=7)
     synth.write_run(tmp_path / "runs_here" / "r2", records=synth.make_records(4),
                     with_run_json=False)
-    single = load_sweep(run)
+    single = load_results(run)
     assert single.runs["run_id"].tolist() == ["r1"] and single.runs["seed"].tolist() == [7]
-    several = load_sweep(tmp_path / "runs_here")
+    several = load_results(tmp_path / "runs_here")
     assert several.runs["run_id"].tolist() == ["r1", "r2"]
     assert several.grouped_by_run and several.point_keys == ["run_id"]
     assert len(several.frame) == 7
@@ -90,19 +90,19 @@ def test_not_a_sweep_names_the_path(tmp_path: Path, make: str) -> None:
     elif make == "empty":
         (path / "sub").mkdir(parents=True)
     with pytest.raises(NotASweepDirectory, match=str(path)):
-        load_sweep(path)
+        load_results(path)
 
 
 def test_cache_is_reused_and_refreshed(teacher_sweep: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    first = load_sweep(teacher_sweep)
+    first = load_results(teacher_sweep)
     assert cache_path(teacher_sweep).is_file()
 
     def fail(_: Path) -> None:
         raise AssertionError("a cached run was parsed again")
 
     monkeypatch.setattr(parallel, "read_run", fail)
-    second = load_sweep(teacher_sweep)
+    second = load_results(teacher_sweep)
     pd.testing.assert_frame_equal(first.frame, second.frame)
     monkeypatch.undo()
 
@@ -117,18 +117,18 @@ def test_cache_is_reused_and_refreshed(teacher_sweep: Path,
     metrics = teacher_sweep / "runs" / "ema-s0" / "metrics.jsonl"
     with metrics.open("a") as handle:
         handle.write(json.dumps({"epoch": 11, "knn_teacher": 0.9}) + "\n")
-    third = load_sweep(teacher_sweep)
+    third = load_results(teacher_sweep)
     assert parsed == ["ema-s0"]
     assert len(third.frame) == len(first.frame) + 1
     assert third.runs.set_index("run_id").loc["ema-s0", "knn_teacher"] == pytest.approx(0.9)
 
 
 def test_corrupt_cache_is_ignored(teacher_sweep: Path) -> None:
-    expected = load_sweep(teacher_sweep, use_cache=False).frame
+    expected = load_results(teacher_sweep, use_cache=False).frame
     assert not cache_path(teacher_sweep).exists()
     cache_path(teacher_sweep).parent.mkdir()
     cache_path(teacher_sweep).write_bytes(b"not a pickle")
-    pd.testing.assert_frame_equal(load_sweep(teacher_sweep).frame, expected)
+    pd.testing.assert_frame_equal(load_results(teacher_sweep).frame, expected)
 
 
 def test_parallel_read_matches_serial(teacher_sweep: Path) -> None:
@@ -145,7 +145,7 @@ def test_parallel_read_matches_serial(teacher_sweep: Path) -> None:
 def test_varied_lists_become_groupable_text(tmp_path: Path) -> None:
     run = synth.write_run(tmp_path / "r", varied={"data.global_crop_scale": [0.4, 1.0]},
                           records=synth.make_records(2))
-    sweep = analysis.load.load_sweep(run)
+    sweep = analysis.load.load_results(run)
     assert sweep.runs["data.global_crop_scale"].tolist() == ["[0.4, 1.0]"]
 
 
@@ -156,7 +156,7 @@ def test_failed_and_diverged_runs_keep_their_state_and_reason(tmp_path: Path) ->
         {"run_id": "d", "varied": {"x": 2}, "state": "diverged",
          "records": synth.make_records(2)},
     ]
-    sweep = load_sweep(synth.write_sweep(tmp_path / "s", runs))
+    sweep = load_results(synth.write_sweep(tmp_path / "s", runs))
     by_id = sweep.runs.set_index("run_id")
     # Collapse overrides only "done": a failed run is reported for what stopped it.
     assert by_id.loc["f", "state"] == "failed" and by_id.loc["f", "collapse"] == "collapsed-uniform"
@@ -167,7 +167,7 @@ def test_failed_and_diverged_runs_keep_their_state_and_reason(tmp_path: Path) ->
 def test_runs_without_sweep_json_sort_numbers_as_numbers(tmp_path: Path) -> None:
     runs = [{"run_id": name, "varied": {"x": name}, "records": synth.make_records(1)}
             for name in ("run10", "run2", "run1")]
-    sweep = load_sweep(synth.write_sweep(tmp_path / "s", runs, with_sweep_json=False))
+    sweep = load_results(synth.write_sweep(tmp_path / "s", runs, with_sweep_json=False))
     assert sweep.runs["run_id"].tolist() == ["run1", "run2", "run10"]
 
 

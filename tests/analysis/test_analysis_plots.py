@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis.figure_style import point_labels
-from analysis.load import load_sweep
+from analysis.load import load_results
 from analysis.plots import (
     batch_size_figure,
     collapse_figure,
@@ -32,13 +32,13 @@ def _assert_written(paths: list[Path], stems: set[str]) -> None:
 
 
 def test_teacher_sweep_figures(teacher_sweep: Path, tmp_path: Path) -> None:
-    paths = write_plots(load_sweep(teacher_sweep), tmp_path / "plots")
+    paths = write_plots(load_results(teacher_sweep), tmp_path / "plots")
     _assert_written(paths, {"knn_overlay", "knn_runs", "collapse"})
     assert len(paths) == 6
 
 
 def test_collapse_figure_marks_collapses_and_reference_lines(teacher_sweep: Path) -> None:
-    figure = collapse_figure(load_sweep(teacher_sweep))
+    figure = collapse_figure(load_results(teacher_sweep))
     entropy_ax, kl_ax = figure.axes[:2]
     assert entropy_ax.get_ylabel() == "h(Pt) (nats)" and kl_ax.get_ylabel() == "KL (nats)"
     assert entropy_ax.get_xlabel() == "epoch"
@@ -60,7 +60,7 @@ def test_collapse_figure_marks_collapses_and_reference_lines(teacher_sweep: Path
 
 
 def test_point_labels_follow_the_varied_key(teacher_sweep: Path) -> None:
-    labels = point_labels(load_sweep(teacher_sweep))
+    labels = point_labels(load_results(teacher_sweep))
     assert labels.iloc[0] == "ema" and labels.iloc[-1] == "not_started"
 
 
@@ -70,7 +70,7 @@ def test_patch_size_figure(tmp_path: Path) -> None:
              "records": synth.make_records(4, knn_teacher_final=knn, images_per_s=speed)}
             for size, speed, knn, ref in [(16, 1007.0, 0.70, 72.8), (8, 180.0, 0.74, 76.0)]
             for seed in range(2)]
-    sweep = load_sweep(synth.write_sweep(tmp_path / "patch", runs))
+    sweep = load_results(synth.write_sweep(tmp_path / "patch", runs))
     figure = patch_size_figure(sweep)
     assert isinstance(figure, Figure)
     ax = figure.axes[0]
@@ -85,7 +85,7 @@ def test_batch_size_figure(tmp_path: Path) -> None:
     runs = [{"run_id": f"bs{size}", "varied": {"optim.batch_size": size},
              "reference": {"knn": ref}, "records": synth.make_records(3)}
             for size, ref in [(128, 57.9), (256, 59.1), (512, 59.6)]]
-    sweep = load_sweep(synth.write_sweep(tmp_path / "bs", runs))
+    sweep = load_results(synth.write_sweep(tmp_path / "bs", runs))
     figure = batch_size_figure(sweep)
     assert isinstance(figure, Figure)
     ax = figure.axes[0]
@@ -96,7 +96,7 @@ def test_batch_size_figure(tmp_path: Path) -> None:
 
 def test_only_pending_runs_still_give_figures(tmp_path: Path) -> None:
     runs = [{"run_id": "a", "varied": {"model.patch_size": 16}, "state": "pending"}]
-    sweep = load_sweep(synth.write_sweep(tmp_path / "s", runs))
+    sweep = load_results(synth.write_sweep(tmp_path / "s", runs))
     paths = write_plots(sweep, tmp_path / "out")
     _assert_written(paths, {"knn_overlay", "knn_runs", "collapse", "patch_size"})
     figure = collapse_figure(sweep)
@@ -107,7 +107,7 @@ def test_many_runs_are_paged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("analysis.plots.RUNS_PER_PAGE", 2)
     runs = [{"run_id": f"r{index}", "varied": {"x": index}, "records": synth.make_records(2)}
             for index in range(5)]
-    figures = sweep_figures(load_sweep(synth.write_sweep(tmp_path / "s", runs)))
+    figures = sweep_figures(load_results(synth.write_sweep(tmp_path / "s", runs)))
     assert [name for name in figures if name.startswith("knn_runs")] == [
         "knn_runs_01", "knn_runs_02", "knn_runs_03"]
 
@@ -126,7 +126,7 @@ def test_knn_overlay_draws_lines_when_knn_is_measured_every_other_epoch(tmp_path
         runs.append({"run_id": f"update-{update}_seed-{seed}",
                      "varied": {"teacher.update": update}, "seed": seed, "records": records})
     sweep_dir = synth.write_sweep(tmp_path / "sweep", runs)
-    ax = knn_overlay_figure(load_sweep(sweep_dir)).axes[0]
+    ax = knn_overlay_figure(load_results(sweep_dir)).axes[0]
     # gid None: not one of the baseline reference lines (random-init teacher, raw pixels)
     curves = [line for line in ax.get_lines()
               if len(np.asarray(line.get_xdata())) > 0 and line.get_gid() is None]

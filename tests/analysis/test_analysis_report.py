@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.load import load_sweep
+from analysis.load import load_results
 from analysis.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,7 +36,7 @@ class _Collector(HTMLParser):
 
 
 def test_report_embeds_images_and_tables(teacher_sweep: Path, tmp_path: Path) -> None:
-    path = write_report(load_sweep(teacher_sweep), tmp_path / "out" / "report.html")
+    path = write_report(load_results(teacher_sweep), tmp_path / "out" / "report.html")
     text = path.read_text(encoding="utf-8")
     parser = _Collector()
     parser.feed(text)
@@ -64,6 +64,6 @@ def test_report_escapes_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr("analysis.report.sweep_figures", lambda sweep: {})  # text only
     run = synth.write_run(tmp_path / "r", sweep="<b>sweep</b>", varied={"x": "<script>"},
                           records=synth.make_records(2))
-    text = write_report(load_sweep(run), tmp_path / "report.html").read_text()
+    text = write_report(load_results(run), tmp_path / "report.html").read_text()
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert "&lt;b&gt;sweep&lt;/b&gt;" in text

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from analysis.load import load_sweep
+from analysis.load import load_results
 from analysis.report import write_report
 from tests.analysis import synth
 
@@ -104,7 +104,7 @@ def test_report_images_load_in_chromium(small_sweep: Path, tmp_path: Path) -> No
     _chromium()
     for run in ("p0", "p1"):  # the side-by-side attention figure joins the report
         synth.write_attention(small_sweep / "runs" / run, patch_size=4 * (1 + int(run[1])))
-    report = write_report(load_sweep(small_sweep), tmp_path / "report.html")
+    report = write_report(load_results(small_sweep), tmp_path / "report.html")
     page = tmp_path / "report_checked.html"
     page.write_text(_with_probe(report.read_text(encoding="utf-8")), encoding="utf-8")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.load import load_sweep
+from analysis.load import load_results
 from analysis.table_format import latex_escape, render, to_csv, to_latex, to_markdown
 from analysis.tables import AblationTable, build_table, combined_state
 from tests.analysis import synth
@@ -16,7 +16,7 @@ from tests.analysis import synth
 
 @pytest.fixture()
 def table(teacher_sweep: Path) -> AblationTable:
-    return build_table(load_sweep(teacher_sweep))
+    return build_table(load_results(teacher_sweep))
 
 
 def _row(table: AblationTable, point: str) -> pd.Series:
@@ -52,7 +52,7 @@ def test_named_baseline_moves_the_reference(tmp_path: Path) -> None:
     runs = [{"run_id": f"p{index}", "varied": {"optim.batch_size": size},
              "records": synth.make_records(3, knn_teacher_final=final)}
             for index, (size, final) in enumerate([(128, 0.50), (1024, 0.60)])]
-    table = build_table(load_sweep(synth.write_sweep(tmp_path / "s", runs, baseline="p1")))
+    table = build_table(load_results(synth.write_sweep(tmp_path / "s", runs, baseline="p1")))
     assert table.frame["delta_baseline"].tolist() == pytest.approx([-10.0, 0.0])
     assert table.frame["is_baseline"].tolist() == [False, True]
 
@@ -84,7 +84,7 @@ def test_finished_seeds_are_preferred_over_running_ones(tmp_path: Path) -> None:
         {"run_id": "s2", "varied": {"x": 1}, "seed": 2, "state": "diverged",
          "records": synth.make_records(4, knn_teacher_final=0.2)},
     ]
-    row = build_table(load_sweep(synth.write_sweep(tmp_path / "s", runs))).frame.iloc[0]
+    row = build_table(load_results(synth.write_sweep(tmp_path / "s", runs))).frame.iloc[0]
     assert row["teacher_knn_mean"] == pytest.approx(80.0) and row["n_aggregated"] == 1
     assert row["state"] == "done×1, diverged×1, running×1"
     assert row["n_runs"] == 3
@@ -119,7 +119,7 @@ def test_markdown(table: AblationTable) -> None:
 def test_markdown_escapes_pipes(tmp_path: Path) -> None:
     run = synth.write_run(tmp_path / "r", varied={"loss.kind": "a|b"},
                           records=synth.make_records(2))
-    assert r"| a\|b |" in to_markdown(build_table(load_sweep(run)))
+    assert r"| a\|b |" in to_markdown(build_table(load_results(run)))
 
 
 def test_latex(table: AblationTable) -> None:
@@ -170,7 +170,7 @@ def test_sweep_without_varied_keys_is_one_point(tmp_path: Path) -> None:
     runs = [{"run_id": f"seed{seed}", "seed": seed,
              "records": synth.make_records(3, knn_teacher_final=0.5 + 0.1 * seed)}
             for seed in range(2)]
-    table = build_table(load_sweep(synth.write_sweep(tmp_path / "s", runs, name="repro")))
+    table = build_table(load_results(synth.write_sweep(tmp_path / "s", runs, name="repro")))
     assert len(table.frame) == 1
     assert table.frame["teacher_knn_mean"].iloc[0] == pytest.approx(55.0)
     assert to_markdown(table).startswith("| sweep | seeds |")

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 #: what a finished run directory holds, whichever backend ran it (docs/run_directory.md plus
 #: the launcher's run.json, launch.json and .lock)
 RUN_DIR_FILES = {"config.yaml", "run.json", "launch.json", ".lock", "init.json",
-                 "metrics.jsonl", "status.json", "summary.json", "checkpoints"}
+                 "metrics.jsonl", "status.json", "summary.json", "checkpoints", "attention"}
 
 
 def test_local_smoke_on_ray_with_a_ddp_point(ray_cluster: Any, tmp_path: Path) -> None:

@@ -19,9 +19,19 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from analysis.collapse import CollapseResult, detect
-from analysis.metrics_file import read_metrics
-from analysis.state import run_state
+from analysis.state import display_state
+from dino_ablate.contract import (
+    CONFIG_FILE,
+    INIT_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    STATUS_FILE,
+    SUMMARY_FILE,
+    CollapseResult,
+    detect,
+    read_json,
+    read_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +53,7 @@ class RunData:
         seed: ``run.json`` seed, else the config's top-level ``seed``.
         reference: paper metric name -> value in percent (e.g. ``{"knn": 72.8}``).
         trainer_state: ``status.json`` state (``summary.json`` when status is missing).
-        state: displayed state (:func:`analysis.state.run_state`).
+        state: displayed state (:func:`analysis.state.display_state`).
         status_reason: ``status.json`` reason.
         epochs_planned: ``status.json`` epochs (planned), None when unknown.
         ln_k: ln(config.head.out_dim), from ``summary.json`` or ``config.yaml``.
@@ -91,26 +101,6 @@ class RunData:
         """Number of epoch records read from ``metrics.jsonl``."""
         epochs = self.columns.get("epoch")
         return 0 if epochs is None else int(epochs.size)
-
-
-def _read_json_object(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when missing or unreadable (warned)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError as error:
-        logger.warning("%s: not UTF-8 text (%s); ignored", path, error)
-        return None
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:  # RecursionError: nested too deep
-        logger.warning("%s: not valid JSON (%s); ignored", path, error)
-        return None
-    if not isinstance(value, dict):
-        logger.warning("%s: expected a JSON object; ignored", path)
-        return None
-    return value
 
 
 def _read_config(path: Path) -> dict[str, Any] | None:
@@ -196,7 +186,7 @@ def _uniform_numeric_columns(
 def _ln_k(summary: dict[str, Any] | None, run_dir: Path) -> float | None:
     if summary is not None and (ln_k := _optional_float(summary.get("ln_k"))) is not None:
         return ln_k
-    config = _read_config(run_dir / "config.yaml")
+    config = _read_config(run_dir / CONFIG_FILE)
     head = config.get("head") if config else None
     out_dim = head.get("out_dim") if isinstance(head, dict) else None
     if isinstance(out_dim, int) and out_dim >= 1:
@@ -218,12 +208,12 @@ def _collapse(columns: dict[str, npt.NDArray[Any]], ln_k: float | None) -> Colla
 
 def read_run(run_dir: Path) -> RunData:
     """Read every contract file of ``run_dir`` that exists."""
-    run_info = _read_json_object(run_dir / "run.json")
-    status = _read_json_object(run_dir / "status.json")
-    summary = _read_json_object(run_dir / "summary.json")
+    run_info = read_json(run_dir / RUN_FILE)
+    status = read_json(run_dir / STATUS_FILE)
+    summary = read_json(run_dir / SUMMARY_FILE)
     # summary.json copies the init.json values; init.json wins where both hold a key.
-    init = {**(summary or {}), **(_read_json_object(run_dir / "init.json") or {})}
-    metrics = read_metrics(run_dir / "metrics.jsonl")
+    init = {**(summary or {}), **(read_json(run_dir / INIT_FILE) or {})}
+    metrics = read_metrics(run_dir / METRICS_FILE)
 
     run = RunData(run_dir=str(run_dir), run_id=run_dir.name)
     if run_info is not None:
@@ -252,7 +242,7 @@ def read_run(run_dir: Path) -> RunData:
         run.linear_protocol = protocol if isinstance(protocol, str) else None
     run.ln_k = _ln_k(summary, run_dir)
     if run.seed is None and run_info is None:
-        config = _read_config(run_dir / "config.yaml")
+        config = _read_config(run_dir / CONFIG_FILE)
         run.seed = _optional_int(config.get("seed")) if config else None
     trainer_status = status or summary
     if trainer_status is not None:
@@ -261,5 +251,5 @@ def read_run(run_dir: Path) -> RunData:
     if status is not None:
         run.status_reason = status.get("reason")
     run.collapse = _collapse(run.columns, run.ln_k)
-    run.state = run_state(run.trainer_state, run.n_epochs, run.collapse)
+    run.state = display_state(run.trainer_state, run.n_epochs, run.collapse)
     return run
