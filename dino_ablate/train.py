@@ -143,6 +143,9 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     is_main = info.rank == 0
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    hosts = dist.rank_hosts() if info.world_size > 1 else []
+    if is_main and hosts:
+        log.info("ranks on hosts: %s", ", ".join(f"{r} {h}" for r, h in enumerate(hosts)))
     if is_main:
         log.info("world size %d (%s), device %s, %d images per rank per step, %d thread(s) per "
                  "rank", info.world_size, info.launcher, device,

@@ -34,9 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--max-parallel", type=int, default=None, metavar="N",
                    help="at most N runs at once (SLURM array parallelism / Ray concurrent "
                    "trials)")
-    p.add_argument("--address", default=None,
-                   help="ray: address of an existing Ray cluster (default: start a private "
-                   "loopback-only one)")
+    p.add_argument("--ray-address", "--address", dest="ray_address", default=None,
+                   metavar="ADDR",
+                   help="ray: join the existing Ray cluster at ADDR (host:port of its head, "
+                   "or 'auto'; default: $RAY_ADDRESS, else start a private loopback-only "
+                   "one-node Ray); see docs/clusters.md")
     p.add_argument("--max-retries", type=int, default=2, metavar="K",
                    help="ray: retries of a failed trial; each resumes from the run's checkpoint")
     p.set_defaults(func=run)
@@ -96,6 +98,26 @@ def print_table(sweep: Sweep, sweep_dir: Path, out: TextIO) -> None:
               "the figures' sources)\n")
 
 
+def print_placements(sweep: Sweep, backend: str, out: TextIO) -> None:
+    """What each distinct resource shape asks the scheduler for (nothing is contacted)."""
+    shapes: dict[str, list[Point]] = {}
+    for point in sweep.points:
+        shapes.setdefault(_fmt_resources(point), []).append(point)
+    out.write(f"\n{backend} placement:\n")
+    for shown, points in shapes.items():
+        res = points[0].resources
+        if backend == "ray":
+            from dino_ablate.launch.ray_ranks import Placement
+
+            what = "one Tune trial per point, placement group of " + \
+                Placement.of(res).describe()
+        else:
+            what = (f"one job per point (an array per shape): --nodes {res.nodes} "
+                    f"--ntasks-per-node {res.tasks} --cpus-per-task {res.cpus_per_task}"
+                    + (f" --gpus-per-node {res.gpus_per_node}" if res.gpus_per_node else ""))
+        out.write(f"  {shown} ({len(points)} point(s)): {what}\n")
+
+
 def run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.file, args.profile)  # ConfigError -> exit 2, nothing created
     from dino_ablate.runs import resolve_sweep_dir
@@ -107,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-retries: {args.max_retries} must be >= 0")
     if args.dry_run:
         print_table(sweep, sweep_dir, sys.stdout)
+        print_placements(sweep, args.backend, sys.stdout)
         return 0
     check_data_roots(sweep)
     backend = make_backend(args)
@@ -158,4 +181,10 @@ def make_backend(args: argparse.Namespace) -> Backend:
         return SlurmBackend()
     from dino_ablate.launch.ray_backend import RayBackend
 
-    return RayBackend(address=args.address, max_failures=args.max_retries, progress=sys.stdout)
+    return RayBackend(address=ray_address(args.ray_address), max_failures=args.max_retries,
+                      progress=sys.stdout)
+
+
+def ray_address(given: str | None) -> str | None:
+    """--ray-address, else Ray's usual RAY_ADDRESS, else None (a private cluster)."""
+    return given or os.environ.get("RAY_ADDRESS") or None

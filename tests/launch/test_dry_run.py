@@ -56,3 +56,21 @@ def test_cpu_estimate_counts_the_head(out_dim: int, measured_s: float) -> None:
     cfg = from_dict(raw)
     seconds = estimate(cfg, Resources()).device_hours * 3600
     assert seconds == pytest.approx(measured_s, rel=0.5)
+
+
+@pytest.mark.parametrize("file", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_profiles_dry_run_on_ray_shows_the_placement(
+        file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every file's paper profile, 2-node points included, is accepted by the Ray backend and
+    the dry run names the placement group each resource shape would ask for."""
+    from dino_ablate.launch.ray_backend import RayBackend
+    from dino_ablate.sweep import load_sweep
+
+    code = main(["sweep", str(file), "--backend", "ray", "--profile", "paper", "--out",
+                 str(tmp_path / "out"), "--dry-run"])
+    text = capsys.readouterr().out
+    assert code == 0
+    RayBackend().check(load_sweep(file, "paper"))
+    assert "ray placement:" in text
+    assert "2x8gpu 10cpu/task" in text
+    assert "2 bundles {CPU: 80, GPU: 8} STRICT_SPREAD" in text, text
