@@ -43,7 +43,7 @@ from dino_ablate.launch.ray_local import setup_env, start_ray  # noqa: E402
 # Ray reads some settings when it is imported; test modules import ray after conftest.
 setup_env()
 
-from tests.multinode import ray_two_nodes  # noqa: E402, F401  (session fixture)
+from tests.multinode import ray_two_nodes, slurm_two_nodes  # noqa: E402, F401  (fixtures)
 
 MARKERS = (
     "slurm: needs the local SLURM cluster (slurm_cluster fixture; root, Debian slurm packages)",

@@ -3,7 +3,11 @@
 ``ray_two_nodes``: a Ray head on 127.0.0.2 and a worker node on 127.0.0.3, one
 ``scripts/ray/ray_node.py`` process (``ray start --block``) each, one CPU each, so a
 STRICT_SPREAD placement group of two one-CPU bundles puts one bundle on each node.
-``slurm_two_nodes``: see :func:`slurm_two_nodes`.
+``slurm_two_nodes``: a SLURM of two nodes, mnode1 on 127.0.0.2 and mnode2 on 127.0.0.3
+(``scripts/slurm/start_slurm.sh`` with ``SLURM_NODES=2``): one slurmd each with its own port,
+spool and log files and, through a UTS namespace, its own hostname. The node names must
+resolve to their addresses, which the network sandbox (scripts/netns_sandbox.sh) arranges;
+elsewhere the fixture skips (fails under CI=true).
 
 Both bind only 127.x addresses: on the host's loopback, or on the sandbox's private one when
 the suite runs under scripts/check_loopback.sh. Imported by tests/conftest.py.
@@ -12,7 +16,6 @@ the suite runs under scripts/check_loopback.sh. Imported by tests/conftest.py.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -212,5 +215,70 @@ def ray_two_nodes() -> Iterator[RayTwoNodes]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def json_lines(path: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+SLURM_SCRIPTS = REPO_ROOT / "scripts" / "slurm"
+SLURM_NODES = {"mnode1": "127.0.0.2", "mnode2": "127.0.0.3"}
+#: seconds a silent slurmd may take before its node is DOWN (and its jobs are requeued)
+SLURMD_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class SlurmTwoNodes:
+    """The running two-node SLURM.
+
+    Attributes:
+        root: SLURM_ROOT (config, state, ``log/slurmd.mnode1.log`` ..., ``pids``).
+        env: ``SLURM_ROOT``, ``SLURM_CONF`` and ``PATH`` (sacct shim first) of this cluster.
+            Not put in ``os.environ`` (the one-node ``slurm_cluster`` does that for itself):
+            tests set them for their own duration (``monkeypatch``).
+        nodes: node name -> NodeAddr.
+    """
+
+    root: Path
+    env: dict[str, str]
+    nodes: dict[str, str]
+    partition: str = "debug"
+
+    def restart_slurmd(self, node: str, down: int | str = "down") -> str:
+        """Stop one node's slurmd for `down` seconds (or, with "down", until slurmctld has
+        marked the node DOWN), then start it again; the script's log."""
+        proc = subprocess.run([str(SLURM_SCRIPTS / "restart_slurmd.sh"), str(down)],
+                              env={**os.environ, **self.env, "SLURM_NODE": node},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes() -> Iterator[SlurmTwoNodes]:
+    """Start munged + slurmctld (127.0.0.1) + two slurmd (mnode1, mnode2) for the session."""
+    from tests.conftest import _read_env_sh, _stop_slurm, _unavailable
+
+    if os.geteuid() != 0:
+        _unavailable("the two-node SLURM needs root (daemons run as root)")
+    for name, addr in SLURM_NODES.items():
+        try:
+            resolved = socket.gethostbyname(name)
+        except OSError:
+            resolved = None
+        if resolved != addr:
+            _unavailable(f"node name {name} resolves to {resolved}, not {addr}: run the tests "
+                         "in scripts/netns_sandbox.sh (scripts/check_loopback.sh), whose "
+                         "/etc/hosts names the two test hosts")
+    root = Path(tempfile.mkdtemp(prefix="slurm2-", dir="/tmp"))  # munged wants o+x above
+    ports = [free_port("") for _ in range(3)]  # the slurmds listen on all addresses
+    proc = subprocess.run(
+        [SLURM_SCRIPTS / "start_slurm.sh"],
+        env={**os.environ, "SLURM_ROOT": str(root), "SLURM_NODES": "2",
+             "SLURM_CTLD_PORT": str(ports[0]), "SLURM_SLURMD_PORTS": f"{ports[1]} {ports[2]}",
+             "SLURM_SLURMD_TIMEOUT": str(SLURMD_TIMEOUT_S)},
+        capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+        _stop_slurm(root)
+        _unavailable(f"start_slurm.sh (2 nodes) failed (rc={proc.returncode}):\n{tail}")
+    print(proc.stdout.strip().splitlines()[-3])
+    try:
+        yield SlurmTwoNodes(root=root, env=_read_env_sh(root / "env.sh"), nodes=SLURM_NODES)
+    finally:
+        if _stop_slurm(root):
+            shutil.rmtree(root, ignore_errors=True)
