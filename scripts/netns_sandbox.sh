@@ -48,18 +48,23 @@ exec unshare --net --mount --propagation private sh -euc '
     ip route add default via 198.51.100.1 dev veth0
   fi
   if [ "$SANDBOX_HOSTS_FIX" = 1 ]; then
-    hosts_copy="$(mktemp)"
-    cat /etc/hosts > "$hosts_copy"
-    # each line only if no line for that address exists yet
+    # each line only if no line for its address exists yet; no mount when none is missing
+    # (a sandbox inside a sandbox already has them)
+    missing=""
     for line in "::ffff:127.0.0.1 localhost" \
                 "127.0.0.2 mnode1" "::ffff:127.0.0.2 mnode1" \
                 "127.0.0.3 mnode2" "::ffff:127.0.0.3 mnode2"; do
       addr="${line%% *}"
-      grep -qE "^[[:space:]]*$(echo "$addr" | sed "s/\./\\\\./g")[[:space:]]" "$hosts_copy" \
-        || echo "$line" >> "$hosts_copy"
+      grep -qE "^[[:space:]]*$(echo "$addr" | sed "s/\./\\\\./g")[[:space:]]" /etc/hosts \
+        || missing="$missing$line
+"
     done
-    chmod 644 "$hosts_copy"
-    mount --bind "$hosts_copy" /etc/hosts
-    rm -f "$hosts_copy"   # the bind mount keeps the file alive; nothing to clean up later
+    if [ -n "$missing" ]; then
+      hosts_copy="$(mktemp)"
+      { cat /etc/hosts; printf "%s" "$missing"; } > "$hosts_copy"
+      chmod 644 "$hosts_copy"
+      mount --bind "$hosts_copy" /etc/hosts
+      rm -f "$hosts_copy"   # the bind mount keeps the file alive; nothing to clean up later
+    fi
   fi
   exec "$@"' netns_sandbox "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,24 @@ def test_paper_profiles_dry_run_on_ray_shows_the_placement(
     assert "ray placement:" in text
     assert "2x8gpu 10cpu/task" in text
     assert "2 bundles {CPU: 80, GPU: 8} STRICT_SPREAD" in text, text
+
+
+def test_ray_address_comes_from_the_flag_then_ray_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from dino_ablate.commands.sweep import make_backend
+
+    def backend(*flags: str) -> Any:
+        parser = argparse.ArgumentParser()
+        from dino_ablate.commands import sweep
+
+        sweep.register(parser.add_subparsers())
+        return make_backend(parser.parse_args(["sweep", "f.yaml", "--backend", "ray", *flags]))
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert backend().address is None  # a private cluster
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert backend().address == "10.0.0.1:6379"
+    assert backend("--ray-address", "head:6379").address == "head:6379"
+    assert backend("--address", "old:6379").address == "old:6379"  # the old name
