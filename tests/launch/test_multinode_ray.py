@@ -18,6 +18,27 @@ from multinode_helpers import assert_same_training, one_process_twin, tiny_sweep
 pytestmark = [pytest.mark.multinode, pytest.mark.ray, pytest.mark.slow]
 
 
+def _rank_pids(run_dir: Path) -> list[int]:
+    """PIDs of the trainer processes (`dino_ablate train`) of this run directory."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "dino_ablate train" in cmdline and str(run_dir) in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def _run_dir(sweep_dir: Path) -> Path:
     (run_dir,) = (sweep_dir / "runs").iterdir()
     return run_dir
@@ -82,8 +103,16 @@ def test_lost_worker_host_resumes_from_checkpoint(ray_two_nodes: Any, tmp_path: 
             assert driver.poll() is None, driver.communicate()[0]
             time.sleep(0.5)
         assert run_dir is not None, "the trial never reached epoch 3"
+        ranks = _rank_pids(run_dir)
+        assert len(ranks) == 2, ranks  # one per host
         ray_two_nodes.kill_worker_raylet()
         lost_at = len(metrics_epochs(run_dir))
+        # the lost host's rank dies with its Ray worker, rank 0 with the failed collective or
+        # its actor: nothing of the first attempt is left to train alongside the retry
+        gone_by = time.monotonic() + 60
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < gone_by:
+            time.sleep(0.5)
+        assert not any(_alive(pid) for pid in ranks), ranks
         time.sleep(5)  # the retry waits for two nodes: the host comes back after a while
         ray_two_nodes.restart_worker()
         output, _ = driver.communicate(timeout=900)
@@ -98,3 +127,4 @@ def test_lost_worker_host_resumes_from_checkpoint(ray_two_nodes: Any, tmp_path: 
     trial_log = (logs / f"{run_dir.name}.log").read_text()
     assert len(re.findall(r"placement 2 bundles", trial_log)) >= 2, trial_log
     assert "resuming" in (logs / f"{run_dir.name}.node0.log").read_text()
+    assert not _rank_pids(run_dir), "ranks outlived their trial"
