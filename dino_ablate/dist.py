@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,25 @@ def init(device_type: str) -> DistEnv:
         torch_dist.init_process_group(backend=backend, init_method="env://",
                                       timeout=datetime.timedelta(minutes=30))
     return info
+
+
+def host_label() -> str:
+    """Where this rank runs: the hostname, plus the scheduler's node name when it has one
+    (`node2 (slurm node node2)`, `vm (ray node 1 127.0.0.3)`)."""
+    node = os.environ.get("SLURMD_NODENAME")
+    if node:
+        return f"{socket.gethostname()} (slurm node {node})"
+    ray_node = os.environ.get("DINO_ABLATE_NODE")  # set by the Ray backend's multi-node trials
+    return f"{socket.gethostname()} ({ray_node})" if ray_node else socket.gethostname()
+
+
+def rank_hosts() -> list[str]:
+    """:func:`host_label` of every rank, in rank order (collective: call on every rank)."""
+    if not is_initialized():
+        return [host_label()]
+    labels: list[object] = [None] * world_size()
+    torch_dist.all_gather_object(labels, host_label())
+    return [str(label) for label in labels]
 
 
 def shutdown() -> None:

@@ -156,6 +156,9 @@ def _set_up_torch(cfg: RunConfig, info: dist.DistEnv, device: torch.device
     """Threads, determinism and the seed; returns the autocast dtype (None: fp32)."""
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    hosts = dist.rank_hosts() if info.world_size > 1 else []
+    if info.rank == 0 and hosts:
+        log.info("ranks on hosts: %s", ", ".join(f"{r} {h}" for r, h in enumerate(hosts)))
     if info.rank == 0:
         log.info("world size %d (%s), device %s, %d images per rank per step, %d thread(s) per "
                  "rank", info.world_size, info.launcher, device,

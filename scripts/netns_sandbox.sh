@@ -15,6 +15,9 @@
 #     getnameinfo() on each peer, which is the IPv4-mapped ::ffff:127.0.0.1; the usual
 #     "127.0.0.1 localhost" line does not match that address family, so glibc asks DNS
 #     (PTR 1.0.0.127.in-addr.arpa) and each DDP rendezvous waits ~5 s for DNS time-outs.
+#     It also names the two test hosts of the multi-node tests (tests/multinode.py):
+#     "127.0.0.2 mnode1" and "127.0.0.3 mnode2", with their ::ffff: forms for the same
+#     reason (SLURM node names must resolve: submitit's MASTER_ADDR is the first node's name).
 #   * DINO_ABLATE_NETNS_SANDBOX=1 is exported, so tests can tell where they run.
 #
 # The process tree is not isolated otherwise (same PIDs, files and users); daemons started
@@ -44,11 +47,24 @@ exec unshare --net --mount --propagation private sh -euc '
     ip link set veth1 up
     ip route add default via 198.51.100.1 dev veth0
   fi
-  if [ "$SANDBOX_HOSTS_FIX" = 1 ] && ! grep -qE "^[[:space:]]*::ffff:127\.0\.0\.1[[:space:]]" /etc/hosts; then
-    hosts_copy="$(mktemp)"
-    { cat /etc/hosts; echo "::ffff:127.0.0.1 localhost"; } > "$hosts_copy"
-    chmod 644 "$hosts_copy"
-    mount --bind "$hosts_copy" /etc/hosts
-    rm -f "$hosts_copy"   # the bind mount keeps the file alive; nothing to clean up later
+  if [ "$SANDBOX_HOSTS_FIX" = 1 ]; then
+    # each line only if no line for its address exists yet; no mount when none is missing
+    # (a sandbox inside a sandbox already has them)
+    missing=""
+    for line in "::ffff:127.0.0.1 localhost" \
+                "127.0.0.2 mnode1" "::ffff:127.0.0.2 mnode1" \
+                "127.0.0.3 mnode2" "::ffff:127.0.0.3 mnode2"; do
+      addr="${line%% *}"
+      grep -qE "^[[:space:]]*$(echo "$addr" | sed "s/\./\\\\./g")[[:space:]]" /etc/hosts \
+        || missing="$missing$line
+"
+    done
+    if [ -n "$missing" ]; then
+      hosts_copy="$(mktemp)"
+      { cat /etc/hosts; printf "%s" "$missing"; } > "$hosts_copy"
+      chmod 644 "$hosts_copy"
+      mount --bind "$hosts_copy" /etc/hosts
+      rm -f "$hosts_copy"   # the bind mount keeps the file alive; nothing to clean up later
+    fi
   fi
   exec "$@"' netns_sandbox "$@"

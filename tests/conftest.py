@@ -43,10 +43,13 @@ from dino_ablate.launch.ray_local import setup_env, start_ray  # noqa: E402
 # Ray reads some settings when it is imported; test modules import ray after conftest.
 setup_env()
 
+from tests.multinode import ray_two_nodes, slurm_two_nodes  # noqa: E402, F401  (fixtures)
+
 MARKERS = (
     "slurm: needs the local SLURM cluster (slurm_cluster fixture; root, Debian slurm packages)",
     "ray: needs the private Ray cluster (ray_cluster fixture)",
     "slow: takes more than a few seconds; deselect with -m 'not slow'",
+    "multinode: needs a two-host test cluster on this machine (tests/multinode.py)",
 )
 
 

@@ -52,9 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--max-parallel", type=int, default=None, metavar="N",
                    help="at most N runs at once (SLURM array parallelism / Ray concurrent "
                    "trials)")
-    p.add_argument("--address", default=None,
-                   help="ray: address of an existing Ray cluster (default: start a private "
-                   "loopback-only one)")
+    p.add_argument("--ray-address", "--address", dest="ray_address", default=None,
+                   metavar="ADDR",
+                   help="ray: join the existing Ray cluster at ADDR (host:port of its head, "
+                   "or 'auto'; default: $RAY_ADDRESS, else start a private loopback-only "
+                   "one-node Ray); see docs/clusters.md")
     p.add_argument("--max-retries", type=int, default=2, metavar="K",
                    help="ray: retries of a failed trial; each resumes from the run's checkpoint")
     p.set_defaults(func=run)
@@ -97,9 +99,11 @@ TABLE_HEAD_ROWS = 200
 PROGRESS_EVERY_S = 2.0
 
 
-def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> None:
+def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list[Point]]:
     """The dry-run table, one row per point as it is built and checked (a large sweep shows
-    its rows and progress at once instead of expanding silently first)."""
+    its rows and progress at once instead of expanding silently first).
+
+    Returns the points of each distinct resource shape, for `print_placements`."""
     from dino_ablate.launch.cost import estimate
     from dino_ablate.runs import run_dir_of, run_state
 
@@ -108,6 +112,7 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> None:
                                     "memory")]
     widths: list[int] = []
     totals: dict[str, float] = {}
+    shapes: dict[str, list[Point]] = {}
     report = _progress("dry run")
     count = 0
     for count, point in enumerate(iter_points(plan), start=1):
@@ -116,6 +121,7 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> None:
         state = run_state(rd).state if exists and rd.is_dir() else "pending"
         cost = estimate(point.config, point.resources)
         totals[cost.device] = totals.get(cost.device, 0.0) + cost.device_hours
+        shapes.setdefault(_fmt_resources(point), []).append(point)
         row = (point.run_id, point.label, _fmt_resources(point), state,
                f"{cost.device_hours:.3g} {cost.device}-h", mem.summary())
         if widths:
@@ -131,6 +137,7 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> None:
     out.write(f"\n{count} run(s), profile {plan.profile!r}, sweep dir {sweep_dir}\n"
               f"estimated compute: {total} (training only; see dino_ablate/launch/cost.py for "
               "the figures' sources); memory: per rank, see dino_ablate/memory.py\n")
+    return shapes
 
 
 def _write_row(out: TextIO, row: tuple[str, ...], widths: list[int]) -> None:
@@ -161,6 +168,23 @@ def _progress(what: str) -> Callable[[int, int], None]:
     return report
 
 
+def print_placements(shapes: dict[str, list[Point]], backend: str, out: TextIO) -> None:
+    """What each distinct resource shape asks the scheduler for (nothing is contacted)."""
+    out.write(f"\n{backend} placement:\n")
+    for shown, points in shapes.items():
+        res = points[0].resources
+        if backend == "ray":
+            from dino_ablate.launch.ray_ranks import Placement
+
+            what = "one Tune trial per point, placement group of " + \
+                Placement.of(res).describe()
+        else:
+            what = (f"one job per point (an array per shape): --nodes {res.nodes} "
+                    f"--ntasks-per-node {res.tasks} --cpus-per-task {res.cpus_per_task}"
+                    + (f" --gpus-per-node {res.gpus_per_node}" if res.gpus_per_node else ""))
+        out.write(f"  {shown} ({len(points)} point(s)): {what}\n")
+
+
 def run(args: argparse.Namespace) -> int:
     from dino_ablate.runs import resolve_sweep_dir
 
@@ -171,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag}: {value} must be >= {least}")
     if args.dry_run:  # stream the table while the points are built
         plan = plan_sweep(args.file, args.profile, max_points=args.max_points)
-        print_table(plan, resolve_sweep_dir(plan, output_root(args.out)), sys.stdout)
+        shapes = print_table(plan, resolve_sweep_dir(plan, output_root(args.out)), sys.stdout)
+        print_placements(shapes, args.backend, sys.stdout)
         return 0
     # ConfigError -> exit 2, nothing created
     sweep = load_sweep(args.file, args.profile, max_points=args.max_points,
@@ -229,4 +254,10 @@ def make_backend(args: argparse.Namespace) -> Backend:
         return SlurmBackend()
     from dino_ablate.launch.ray_backend import RayBackend
 
-    return RayBackend(address=args.address, max_failures=args.max_retries, progress=sys.stdout)
+    return RayBackend(address=ray_address(args.ray_address), max_failures=args.max_retries,
+                      progress=sys.stdout)
+
+
+def ray_address(given: str | None) -> str | None:
+    """--ray-address, else Ray's usual RAY_ADDRESS, else None (a private cluster)."""
+    return given or os.environ.get("RAY_ADDRESS") or None

@@ -1,18 +1,25 @@
 """Ray backend: Ray Tune schedules the points of a sweep on this machine or an existing cluster.
 
-Each point is one Tune trial of a function trainable (:func:`run_point_trial`) asking for
-`tasks x cpus_per_task` CPUs and `gpus_per_node` GPUs. The trial starts the trainer as child
-processes: one `python -m dino_ablate train` per rank, with the torch.distributed variables
-set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, a free MASTER_PORT) - what
-`torchrun --nproc_per_node N` would set for a single node, without its agent. The ranks get
-PR_SET_PDEATHSIG, so when Ray kills or loses the trial's worker the ranks die with it and a
-retry never trains the run twice at the same time (torchrun's agent gives no such guarantee:
-its ranks outlive a SIGKILLed agent).
+Each point is one Tune trial of a function trainable (:func:`run_point_trial`) with a
+placement group of one bundle per node (`tasks x cpus_per_task` CPUs and `gpus_per_node`
+GPUs each; :class:`~dino_ablate.launch.ray_ranks.Placement`). On one node the trial starts
+the trainer as child processes: one `python -m dino_ablate train` per rank, with RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT - what `torchrun
+--nproc_per_node N` would set for a single node, without its agent. On N nodes the bundles
+are STRICT_SPREAD and the trial starts one rank-launcher actor per bundle
+(:class:`~dino_ablate.launch.ray_ranks.NodeRanks`), which starts its node's ranks with
+MASTER_ADDR = the node IP of bundle 0 and a port free there. The ranks get PR_SET_PDEATHSIG,
+so when Ray kills or loses the process that started them (trial ended or cancelled, actor
+killed, node lost) they die with it and a retry never trains the run twice at the same time
+(torchrun's agent gives no such guarantee: its ranks outlive a SIGKILLed agent).
 
 The trial reports each new metrics record to Tune while the ranks run. Bounded retries
 (`FailureConfig(max_failures)`) start the trial again; the trainer resumes from the run's own
 checkpoints. Run directories are exactly those of the SLURM backend; Tune's bookkeeping and
-the ranks' logs live under `<sweep_dir>/ray/`.
+the ranks' logs live under `<sweep_dir>/ray/` (on a cluster: a file system every node mounts).
+
+`--ray-address ADDR` (or `RAY_ADDRESS`) joins an existing cluster; without it a private
+loopback-only Ray is started for the submission (:mod:`dino_ablate.launch.ray_local`).
 
 The Ray driver holds every launched run's lock for the whole `fit()`, so a concurrent
 submission of the same sweep skips these runs. While it waits, a Tune callback prints one
@@ -23,24 +30,28 @@ bottleneck" warnings are silenced, as a trial report here is a few numbers per e
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import dataclasses
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from dino_ablate.contract import CONFIG_FILE, STATUS_FILE, read_json
+from dino_ablate.contract import STATUS_FILE, read_json
 from dino_ablate.errors import ConfigError
 from dino_ablate.launch import ray_local
 from dino_ablate.launch.base import LaunchItem, LaunchOutcome, record_launch
+from dino_ablate.launch.ray_ranks import (
+    Placement,
+    forwarded_env,
+    rank_commands,
+    run_on_nodes,
+    started_ranks,
+    wait_ranks,
+)
 from dino_ablate.runs import FINAL, read_metrics
 from dino_ablate.sweep import Sweep
 
@@ -48,71 +59,15 @@ log = logging.getLogger("dino_ablate.launch.ray")
 
 DEFAULT_MAX_FAILURES = 2
 POLL_S = 0.5
+#: Seconds a multi-node trial waits for its rank-launcher actors to start.
+ACTOR_START_S = 300.0
 #: Seconds between two progress lines (trial ends are printed at once).
 PROGRESS_EVERY_S = 5.0
 #: The logger of Tune's `warn_if_slow` ("The `callbacks.on_trial_result` operation took
 #: 0.575 s, which may be a performance bottleneck"): noise on a loaded machine, not a fault.
 TUNE_SLOW_LOGGER = "ray.tune.utils.util"
-_PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rank_commands(run_dir: Path, nproc: int, threads: int
-                  ) -> list[tuple[list[str], dict[str, str]]]:
-    """The command and environment of each rank (one process per rank, single node)."""
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                         "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
-            and not k.startswith("SLURM_")}
-    base.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    base["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "dino_ablate", "train", str(run_dir / CONFIG_FILE),
-           "--out", str(run_dir)]
-    if nproc == 1:
-        return [(cmd, base)]
-    port = str(free_port())
-    out = []
-    for rank in range(nproc):
-        env = dict(base, RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
-                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        out.append((cmd, env))
-    return out
-
-
-@contextlib.contextmanager
-def _ranks(run_dir: Path, nproc: int, threads: int, log_file: Path
-           ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    with log_file.open("ab") as fh:
-        commands = rank_commands(run_dir, nproc, threads)
-        fh.write(f"== {time.strftime('%H:%M:%S')} ray trial: starting {nproc} rank(s) of "
-                 f"{run_dir.name} (MASTER_PORT {commands[0][1].get('MASTER_PORT', '-')})\n"
-                 .encode())
-        fh.flush()
-        try:
-            for cmd, env in commands:
-                procs.append(subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL,
-                                              preexec_fn=_die_with_parent))  # noqa: PLW1509
-            yield procs
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-            codes = [proc.wait() for proc in procs]
-            fh.write(f"== {time.strftime('%H:%M:%S')} ray trial: {nproc} rank(s) ended, exit "
-                     f"codes {codes}\n".encode())
+__all__ = ["Progress", "RayBackend", "rank_commands", "run_point_trial"]
 
 
 def _numeric(record: dict[str, Any]) -> dict[str, float]:
@@ -120,26 +75,35 @@ def _numeric(record: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+class _Reporter:
+    """Reports each metrics record of the run directory to Tune once."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.reported = len(read_metrics(run_dir))
+
+    def __call__(self) -> None:
+        from ray import tune
+
+        records = read_metrics(self.run_dir)
+        for rec in records[self.reported:]:
+            tune.report(_numeric(rec))
+        self.reported = max(self.reported, len(records))
+
+
 def run_point_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: train one run directory to its end, reporting each epoch."""
-    from ray import tune
-
     spec = config["run"]
     run_dir = Path(spec["run_dir"])
-    nproc = int(spec["nproc"])
-    reported = len(read_metrics(run_dir))
-    with _ranks(run_dir, nproc, int(spec["cpus_per_task"]), Path(spec["log_file"])) as procs:
-        while any(p.poll() is None for p in procs):
-            time.sleep(POLL_S)
-            if any(p.returncode not in (None, 0) for p in procs):
-                break  # one rank failed: the others would wait in a collective for 30 min
-            records = read_metrics(run_dir)
-            for rec in records[reported:]:
-                tune.report(_numeric(rec))
-            reported = max(reported, len(records))
-        codes = [p.poll() for p in procs]
-    for rec in read_metrics(run_dir)[reported:]:
-        tune.report(_numeric(rec))
+    report = _Reporter(run_dir)
+    if spec["placement"]["nodes"] == 1:
+        commands = rank_commands(run_dir, int(spec["nproc"]), int(spec["cpus_per_task"]),
+                                 spec["env"])
+        with started_ranks(commands, Path(spec["log_file"]), run_dir.name) as procs:
+            codes = wait_ranks(procs, POLL_S, report)
+    else:
+        codes = run_on_nodes(spec, report, POLL_S, ACTOR_START_S)
+    report()
     status = read_json(run_dir / STATUS_FILE) or {}
     state = status.get("state")
     if state in FINAL:
@@ -251,13 +215,10 @@ class RayBackend:
         self.progress = progress
 
     def check(self, sweep: Sweep) -> None:
+        """Every resource shape has a placement (multi-node points included); whether the
+        cluster can hold it is known only once connected (:meth:`launch`)."""
         for point in sweep.points:
-            if point.resources.nodes != 1:
-                raise ConfigError(
-                    f"point {point.index} ({point.label}): resources.nodes: "
-                    f"{point.resources.nodes} is not allowed with --backend ray; allowed: 1 (a "
-                    "trial runs its ranks on one node)", source=str(sweep.file),
-                    key="resources.nodes")
+            Placement.of(point.resources)
 
     def job_states(self, job_ids: Iterable[str]) -> dict[str, str]:
         return {}  # a Ray submission blocks until its trials end; the run locks tell the rest
@@ -272,6 +233,8 @@ class RayBackend:
             return
         if self.address:
             ray_local.connect_ray(self.address)
+            log.info("ray: joined the cluster at %s (%d node(s))", self.address,
+                     len(_node_capacity()))
             try:
                 yield
             finally:
@@ -294,36 +257,28 @@ class RayBackend:
             record_launch(item, self.name, submission_id, submission_id)
             outcome.job_ids[item.point.run_id] = submission_id
         with self._ray():
-            import ray
             from ray import tune
 
-            available = ray.cluster_resources()
+            capacity = _node_capacity()
+            forwarded = forwarded_env()
             specs = []
             for item in items:
                 res = item.point.resources
-                need = {"CPU": float(res.tasks * res.cpus_per_task),
-                        "GPU": float(res.gpus_per_node)}
-                for kind, amount in need.items():
-                    if amount > available.get(kind, 0.0):
-                        raise ConfigError(
-                            f"point {item.point.index} ({item.point.label}) needs {amount:g} "
-                            f"{kind} but the Ray cluster has {available.get(kind, 0.0):g}; "
-                            "lower its resources or use a bigger cluster")
+                placement = Placement.of(res)
+                _check_fits(item, placement, capacity)
                 specs.append({
                     "run_id": item.point.run_id, "run_dir": str(item.run_dir.resolve()),
                     "nproc": res.tasks, "cpus_per_task": res.cpus_per_task,
                     "epochs": item.point.config.epochs,
-                    "cpus": need["CPU"], "gpus": need["GPU"],
+                    "placement": dataclasses.asdict(placement), "env": forwarded,
                     "log_file": str((sweep_dir / "ray" / "logs" /
                                      f"{item.point.run_id}.log").resolve()),
                 })
 
             def resources(config: dict[str, Any]) -> Any:
-                spec = config["run"]
-                bundle = {"CPU": spec["cpus"]}
-                if spec["gpus"]:
-                    bundle["GPU"] = spec["gpus"]
-                return tune.PlacementGroupFactory([bundle])
+                placement = Placement(**config["run"]["placement"])
+                return tune.PlacementGroupFactory(placement.tune_bundles(),
+                                                  strategy=placement.strategy)
 
             logging.getLogger(TUNE_SLOW_LOGGER).setLevel(logging.ERROR)
             callbacks = ([_tune_callback(Progress(len(specs), self.progress))]
@@ -349,6 +304,33 @@ class RayBackend:
                 outcome.failed[item.point.run_id] = (
                     f"state {status.get('state')!r}: {status.get('reason')}")
         return outcome
+
+
+def _node_capacity() -> list[dict[str, float]]:
+    """The resources of each alive node of the connected cluster."""
+    import ray
+
+    return [{k: float(v) for k, v in node.get("Resources", {}).items()}
+            for node in ray.nodes() if node.get("Alive")]
+
+
+def _check_fits(item: LaunchItem, placement: Placement,
+                capacity: list[dict[str, float]]) -> None:
+    """Refuse a point no placement on this cluster can ever hold (Tune would wait forever)."""
+    need = placement.bundle
+    fitting = sum(1 for node in capacity
+                  if all(node.get(kind, 0.0) >= amount for kind, amount in need.items()))
+    if fitting >= placement.nodes:
+        return
+    shown = ", ".join(f"{amount:g} {kind}" for kind, amount in need.items())
+    largest = ", ".join(
+        f"{max((n.get(kind, 0.0) for n in capacity), default=0.0):g} {kind}" for kind in need)
+    hint = ("; join a multi-node cluster with --ray-address" if placement.nodes > 1
+            else "; lower its resources or use a bigger cluster")
+    raise ConfigError(
+        f"point {item.point.index} ({item.point.label}) needs {placement.nodes} node(s) with "
+        f"{shown} each, but {fitting} of the Ray cluster's {len(capacity)} node(s) have that "
+        f"much (largest node: {largest}){hint}")
 
 
 def _trial_dirname(trial: Any) -> str:

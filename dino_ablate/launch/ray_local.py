@@ -57,8 +57,6 @@ RAY_ENV: dict[str, str] = {
     # Silences "Experiment state snapshotting has been triggered multiple times", which
     # appears whenever CheckpointConfig(num_to_keep=...) is set.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # Gloo otherwise picks its interface from the hostname, which may resolve to a LAN IP.
-    "GLOO_SOCKET_IFNAME": "lo",
 }
 
 

@@ -32,7 +32,7 @@ if [[ ! -s "$ROOT/pids" ]]; then
   unlink_etc
   exit 0
 fi
-pid_of() { awk -v n="$1" '$1 == n {print $2}' "$ROOT/pids"; }
+pid_of() { awk -v n="$1" '$1 == n {print $2}' "$ROOT/pids"; }  # one line per daemon
 # Live (not zombie) slurmstepd processes of THIS cluster: slurmd passes its environment,
 # including our SLURM_CONF, on to the slurmstepd it double-forks for each job step.
 our_stepds() {
@@ -47,7 +47,7 @@ our_stepds() {
 
 # 1. Cancel remaining jobs while the controller is up, so that their slurmstepd processes
 #    (double-forked by slurmd, not our children) end on their own.
-if pid_alive slurmctld "$(pid_of slurmctld)" && scontrol ping 2>/dev/null | grep -q 'is UP'; then
+if pid_alive slurmctld "$(pid_of slurmctld | head -1)" && scontrol ping 2>/dev/null | grep -q 'is UP'; then
   jobs="$(squeue -h -t PD,R,CG,S,RQ,RS,RF -o %A 2>/dev/null | sort -u | tr '\n' ' ')"
   if [[ -n "${jobs// /}" ]]; then
     # shellcheck disable=SC2086
@@ -65,13 +65,13 @@ for _ in $(seq 50); do [[ -z "$(our_stepds)" ]] && break; sleep 0.2; done
 stop_pids() {
   local name pid waiting=()
   for name in "$@"; do
-    pid="$(pid_of "$name")"
-    [[ -n "$pid" ]] || continue
-    if pid_alive "$name" "$pid"; then
-      kill -TERM "$pid" 2>/dev/null && waiting+=("$name:$pid")
-    else
-      log "$name (pid $pid) was not running"
-    fi
+    for pid in $(pid_of "$name"); do  # several slurmd on a multi-node cluster
+      if pid_alive "$name" "$pid"; then
+        kill -TERM "$pid" 2>/dev/null && waiting+=("$name:$pid")
+      else
+        log "$name (pid $pid) was not running"
+      fi
+    done
   done
   local entry
   for entry in "${waiting[@]}"; do

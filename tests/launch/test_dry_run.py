@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,42 @@ def test_cpu_estimate_counts_the_head(out_dim: int, measured_s: float) -> None:
     cfg = from_dict(raw)
     seconds = estimate(cfg, Resources()).device_hours * 3600
     assert seconds == pytest.approx(measured_s, rel=0.5)
+
+
+@pytest.mark.parametrize("file", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_profiles_dry_run_on_ray_shows_the_placement(
+        file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every file's paper profile, 2-node points included, is accepted by the Ray backend and
+    the dry run names the placement group each resource shape would ask for."""
+    from dino_ablate.launch.ray_backend import RayBackend
+    from dino_ablate.sweep import load_sweep
+
+    code = main(["sweep", str(file), "--backend", "ray", "--profile", "paper", "--out",
+                 str(tmp_path / "out"), "--dry-run"])
+    text = capsys.readouterr().out
+    assert code == 0
+    RayBackend().check(load_sweep(file, "paper"))
+    assert "ray placement:" in text
+    assert "2x8gpu 10cpu/task" in text
+    assert "2 bundles {CPU: 80, GPU: 8} STRICT_SPREAD" in text, text
+
+
+def test_ray_address_comes_from_the_flag_then_ray_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from dino_ablate.commands.sweep import make_backend
+
+    def backend(*flags: str) -> Any:
+        parser = argparse.ArgumentParser()
+        from dino_ablate.commands import sweep
+
+        sweep.register(parser.add_subparsers())
+        return make_backend(parser.parse_args(["sweep", "f.yaml", "--backend", "ray", *flags]))
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert backend().address is None  # a private cluster
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert backend().address == "10.0.0.1:6379"
+    assert backend("--ray-address", "head:6379").address == "head:6379"
+    assert backend("--address", "old:6379").address == "old:6379"  # the old name

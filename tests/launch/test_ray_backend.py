@@ -22,7 +22,7 @@ def test_local_smoke_on_ray_with_a_ddp_point(ray_cluster: Any, tmp_path: Path) -
     address = ray_cluster.context.address_info["gcs_address"]
     out = tmp_path / "out"
     proc = cli("sweep", str(LOCAL_SMOKE), "--backend", "ray", "--out", str(out),
-               "--address", address, timeout=900)
+               "--ray-address", address, timeout=900)
     assert "3 launched, 0 skipped" in proc.stdout, proc.stdout
     sweep_dir = out / "local_smoke" / "local"
     rows = status(sweep_dir)
@@ -45,7 +45,7 @@ def test_local_smoke_on_ray_with_a_ddp_point(ray_cluster: Any, tmp_path: Path) -
     assert "starting 2 rank(s)" in log_text and "exit codes [0, 0]" in log_text, log_text
 
     again = cli("sweep", str(LOCAL_SMOKE), "--backend", "ray", "--out", str(out),
-                "--address", address)
+                "--ray-address", address)
     assert "0 launched, 3 skipped" in again.stdout, again.stdout
 
 
@@ -86,7 +86,7 @@ def test_killed_trial_worker_retries_from_checkpoint(ray_cluster: Any, tmp_path:
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen([sys.executable, "-m", "dino_ablate", "sweep", str(file),
-                               "--backend", "ray", "--out", str(out), "--address", address],
+                               "--backend", "ray", "--out", str(out), "--ray-address", address],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     sweep_dir = out / "raykill" / "local"
@@ -129,9 +129,11 @@ def test_a_point_done_in_another_sweep_is_copied_not_rerun(ray_cluster: Any,
     out = tmp_path / "out"
     first = one_point_sweep(tmp_path / "twin_a.yaml", "twin_a", 2)
     second = one_point_sweep(tmp_path / "twin_b.yaml", "twin_b", 2)
-    proc = cli("sweep", str(first), "--backend", "ray", "--out", str(out), "--address", address)
+    proc = cli("sweep", str(first), "--backend", "ray", "--out", str(out),
+               "--ray-address", address)
     assert "1 launched, 0 skipped, 0 failed" in proc.stdout, proc.stdout
-    proc = cli("sweep", str(second), "--backend", "ray", "--out", str(out), "--address", address)
+    proc = cli("sweep", str(second), "--backend", "ray", "--out", str(out),
+               "--ray-address", address)
     assert "0 launched, 0 skipped, 1 copied from finished twins, 0 failed" in proc.stdout, \
         proc.stdout
     # single-point sweeps: the run ids are the sweep names plus the same hash

@@ -322,7 +322,7 @@ def test_local_profile_runs_the_same_points_on_the_unchanged_digits_recipe(name:
                                    f"{sorted(changed - allowed)}"
         assert actual["runtime.device"] == "cpu" and actual["data.dataset"] == "digits"
         res = point.resources
-        assert res.nodes == 1 and res.gpus_per_node == 0  # Ray runs a trial on one node
+        assert res.nodes == 1 and res.gpus_per_node == 0  # the private Ray is one CPU node
         # a trial never uses more threads than it reserves (patch_size reserves both cores
         # for one thread so that each point's throughput is measured alone); null follows
         # the reservation (Ray sets OMP_NUM_THREADS to cpus_per_task)
@@ -336,7 +336,7 @@ def test_local_profile_runs_the_same_points_on_the_unchanged_digits_recipe(name:
 def test_local_profile_is_accepted_by_the_ray_backend(name: str) -> None:
     from dino_ablate.launch.ray_backend import RayBackend
 
-    RayBackend().check(_sweep(name, "local"))  # raises ConfigError for a multi-node point
+    RayBackend().check(_sweep(name, "local"))  # raises ConfigError for a shape it cannot place
 
 
 def test_run_ids_name_the_varied_values() -> None:

@@ -82,7 +82,7 @@ def run_local_profiles(out_root: Path, names: Sequence[str] = COLLAPSE_SWEEPS,
         cmd = [sys.executable, "-m", "dino_ablate", "sweep", str(SWEEPS / f"{name}.yaml"),
                "--backend", "ray", "--profile", PROFILE, "--out", str(out_root)]
         if address:
-            cmd += ["--address", address]
+            cmd += ["--ray-address", address]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
                               cwd=ROOT)

@@ -1,0 +1,94 @@
+"""The SLURM backend on the two-host SLURM (fixture `slurm_two_nodes`: mnode1 on 127.0.0.2,
+mnode2 on 127.0.0.3, each slurmd with its own hostname)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from launch_helpers import all_final, cli, metrics_epochs, status, wait_for
+from multinode_helpers import assert_same_training, one_process_twin, tiny_sweep
+
+pytestmark = [pytest.mark.multinode, pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture
+def on_two_nodes(slurm_two_nodes: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """This test's SLURM clients (sbatch, squeue, the sacct shim) talk to the two-node one."""
+    for name, value in slurm_two_nodes.env.items():
+        monkeypatch.setenv(name, value)
+    return slurm_two_nodes
+
+
+def _job_logs(sweep_dir: Path, job_id: str) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((sweep_dir / "slurm" / job_id).glob("*_log.*"))}
+
+
+def _job_info(job_id: str) -> str:
+    return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_two_node_job_runs_on_both_hosts_and_matches_one_process(
+        on_two_nodes: Any, tmp_path: Path) -> None:
+    epochs = 2
+    file = tiny_sweep(tmp_path / "mn_slurm.yaml", "mn_slurm", epochs, nodes=2)
+    out = tmp_path / "out"
+    cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+    sweep_dir = out / "mn_slurm" / "local"
+    rows = wait_for(sweep_dir, all_final, 600, "the 2-node run to finish")
+    (run_id, row), = rows.items()
+    assert row["state"] == "done", rows
+    run_dir = sweep_dir / "runs" / run_id
+    assert metrics_epochs(run_dir) == [1, 2]
+
+    # one job of 2 nodes x 1 task, one task per host
+    job_id = row["job_id"]
+    info = _job_info(job_id)
+    assert re.search(r"NumNodes=2 NumCPUs=2 NumTasks=2", info), info
+    assert re.search(r"\bNodeList=mnode\[1-2\]", info), info
+    logs = _job_logs(sweep_dir, job_id)
+    assert {f"{job_id}_0_log.err", f"{job_id}_1_log.err"} <= set(logs), sorted(logs)
+    # rank 0 (submitit task 0 on the first node) names each rank's host
+    hosts = re.search(r"ranks on hosts: (.*)", logs[f"{job_id}_0_log.err"])
+    assert hosts and hosts[1] == "0 mnode1 (slurm node mnode1), 1 mnode2 (slurm node mnode2)", \
+        logs[f"{job_id}_0_log.err"][-3000:]
+    assert "world size 2 (slurm)" in logs[f"{job_id}_0_log.err"]
+
+    assert_same_training(run_dir, one_process_twin(tmp_path / "single", epochs))
+
+
+def test_lost_slurmd_requeues_the_job_which_resumes(on_two_nodes: Any, tmp_path: Path) -> None:
+    """mnode2's slurmd stopped mid-run until its node is DOWN (SlurmdTimeout 10 s):
+    SLURM requeues the job (node failure, JobRequeue=1); once the slurmd is back the job runs
+    again on both nodes and resumes from the run's checkpoint. One submission, every epoch in
+    the metrics exactly once."""
+    epochs = 80  # ~0.5 s each: still running when the node is DOWN, ~25 s after the stop
+    file = tiny_sweep(tmp_path / "mn_requeue.yaml", "mn_requeue", epochs, nodes=2)
+    out = tmp_path / "out"
+    cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+    sweep_dir = out / "mn_requeue" / "local"
+    wait_for(sweep_dir, lambda rows: all((r["epoch"] or 0) >= 3 and r["state"] == "running"
+                                         for r in rows.values()), 300, "epoch 3")
+    (run_id, row), = status(sweep_dir).items()
+    job_id = row["job_id"]
+    restart_log = on_two_nodes.restart_slurmd("mnode2", "down")
+    assert re.search(r"node mnode2 DOWN after \d+ s", restart_log), restart_log
+    assert metrics_epochs(sweep_dir / "runs" / run_id)[-1] < epochs, "finished too early"
+
+    rows = wait_for(sweep_dir, all_final, 900, "the requeued run to finish")
+    assert rows[run_id]["state"] == "done", rows
+    run_dir = sweep_dir / "runs" / run_id
+    assert metrics_epochs(run_dir) == list(range(1, epochs + 1))
+    assert re.search(r"\bRestarts=[1-9]", _job_info(job_id)), _job_info(job_id)
+    rank0 = _job_logs(sweep_dir, job_id)[f"{job_id}_0_log.err"]
+    assert "resuming" in rank0, rank0[-3000:]
+    assert len(re.findall(r"ranks on hosts: 0 mnode1 \(slurm node mnode1\), 1 mnode2", rank0)) \
+        >= 2, rank0[-3000:]
+    submissions = (sweep_dir / "submissions.jsonl").read_text().splitlines()
+    assert len(submissions) == 1
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
