@@ -54,7 +54,18 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - bef
 """
 
 
+def _traced() -> bool:
+    """Whether this process runs under a tracer (scripts/check_loopback.sh: strace -f)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1]) != 0
+    return False
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(_traced(), reason="peak-RSS growth is not a measure of the step under "
+                    "strace: the CI run measured 37.7 MB where the estimate (381 MB) agrees "
+                    "with the untraced measurement; run it without check_loopback.sh")
 def test_estimate_is_near_the_measured_peak_of_a_training_step() -> None:
     """Weights and activations of two steps on the CPU (peak RSS growth in a fresh process):
     the estimate must be within -40 % / +25 % (it errs low, so as not to refuse a run that
