@@ -28,6 +28,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from tests.multinode import descendants
+
 # The raw-pixel baselines cache (dino_ablate.baselines) of this test session, not the user's
 # home; trials started by Ray or SLURM inherit it through the environment.
 os.environ.setdefault("DINO_ABLATE_CACHE", tempfile.mkdtemp(prefix="dino_ablate_cache_"))
@@ -216,25 +218,6 @@ class RayCluster:
     start_seconds: float
 
 
-def _descendants(pid: int) -> set[int]:
-    """PIDs of all live descendants of ``pid``, from /proc (psutil is not a dependency)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -264,7 +247,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     try:
         context = start_ray(num_cpus=2, temp_dir=temp_dir)
         start_seconds = time.perf_counter() - started
-        ray_pids = _descendants(os.getpid())
+        ray_pids = descendants(os.getpid())
         yield RayCluster(
             context=context,
             node_ip=str(context.address_info["node_ip_address"]),
