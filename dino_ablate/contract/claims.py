@@ -144,6 +144,9 @@ def sweep_claims(raw: Mapping[str, Any], source: str,
     top = _parse_block(raw.get("claims"), source, "claims", profiles, None)
     out: dict[str, tuple[Claim, ...]] = {}
     own_blocks = [p for p in profiles if "claims" in raw["profiles"][p]]
+    if top and len(own_blocks) == len(profiles):
+        raise fail(source, "claims", "every profile gives its own `claims`, which replace "
+                   "these: they apply to no profile; move them into the profiles")
     for entry in top:
         for name in entry.get("profiles") or ():
             if name in own_blocks:

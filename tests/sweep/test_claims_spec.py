@@ -94,6 +94,10 @@ def test_a_profiles_own_claims_replace_the_top_level_ones() -> None:
     raw["claims"][0]["profiles"] = ["paper", "local"]
     with pytest.raises(ConfigError, match=r"claims\[0\]\.profiles: profile local gives its own"):
         sweep_claims(raw, "s.yaml")
+    del raw["claims"][0]["profiles"]
+    raw["profiles"]["paper"]["claims"] = []
+    with pytest.raises(ConfigError, match=r"claims: every profile gives its own `claims`"):
+        sweep_claims(raw, "s.yaml")
 
 
 def test_monotone_with_other_axes_takes_the_points_around_the_baseline() -> None:
