@@ -29,7 +29,8 @@ demo: $(STAMP)
 	@echo "demo done: open $(OUT)/centering_sharpening/local/analysis/report.html and $(OUT)/teacher_update/local/analysis/report.html"
 
 # The `local` profile of every ablation sweep (issue 4) on a private Ray on this machine, then
-# the check of the paper's qualitative outcomes over the run directories. Done runs are skipped.
+# every sweep file's claims over the run directories, with the pass rates of files 1-5 and 6-9
+# (it fails when one of the seven collapse claims CI asserts does not hold). Done runs are skipped.
 REPRO_OUT ?= $(OUT)/reproduce
 REPRO_CORE := momentum centering_sharpening teacher_update patch_size batch_size
 REPRO_MORE := components teacher_temperature output_dim center_momentum

@@ -19,7 +19,9 @@ trainer writes by. Pipeline order, one module per concept:
 - :mod:`analysis.plots` draws the figures (styled by :mod:`analysis.figure_style`; baseline
   reference lines and the linear-probe figure in :mod:`analysis.probe_plots`),
   :mod:`analysis.report` writes one HTML page;
-- :mod:`analysis.cli` adds the ``table``, ``plot`` and ``report`` subcommands.
+- :mod:`analysis.claims` evaluates the sweep file's claims over the runs (the arithmetic in
+  :mod:`analysis.claim_stats`, one evaluator per kind in :mod:`analysis.claim_kinds`);
+- :mod:`analysis.cli` adds the ``table``, ``plot``, ``report`` and ``claims`` subcommands.
 
 Importing :mod:`analysis` itself is cheap: matplotlib is only imported by :mod:`analysis.plots`.
 """

@@ -1,11 +1,12 @@
-"""The ``table``, ``plot`` and ``report`` subcommands.
+"""The ``table``, ``plot``, ``report`` and ``claims`` subcommands.
 
 ``dino_ablate/cli.py`` calls :func:`register` on its ``argparse`` subparsers; each subcommand
 sets ``func`` (parsed args -> exit code). ``python -m analysis`` runs them on their own.
 
 Outputs go under ``SWEEP_DIR/analysis/`` unless ``--out`` says otherwise, and every command
 prints where it wrote. Exit codes: 0 success, 2 the path is not a sweep or run directory (the
-message names it), 1 an output could not be written.
+message names it), 1 an output could not be written. ``claims`` exits 0 only when every claim
+holds, 1 otherwise, 2 also when the sweep file is gone or its claims are invalid.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
 EXIT_OK = 0
 EXIT_WRITE_FAILED = 1
 EXIT_NOT_A_SWEEP = 2
+EXIT_CLAIMS_NOT_ALL_HOLD = 1
+EXIT_BAD_CLAIMS = 2
 
 
 def _load(args: argparse.Namespace) -> SweepResults:
@@ -98,6 +101,32 @@ def run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_claims(args: argparse.Namespace) -> int:
+    """Evaluate the sweep file's claims over the runs: one line per claim and a summary."""
+    from analysis.claims import (
+        ClaimsUnavailable,
+        ConfigError,
+        check_sweep_dir,
+        summary_line,
+        write_outputs,
+    )
+
+    try:
+        checked = check_sweep_dir(args.sweep_dir, args.sweep_file)
+    except (ClaimsUnavailable, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_CLAIMS
+    if not checked.results:
+        print(f"{checked.sweep_file} gives no claims for profile {checked.profile}")
+    for result in checked.results:
+        print(result.line())
+    print(summary_line(checked.results))
+    for path in write_outputs(checked, args.out or _output_dir(args)):
+        print(f"wrote {path}", file=sys.stderr)
+    held = all(r.verdict == "holds" for r in checked.results)
+    return EXIT_OK if held else EXIT_CLAIMS_NOT_ALL_HOLD
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path,
                         help="a sweep directory (runs/<run_id>/...), a run directory, or a "
@@ -107,7 +136,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``table``, ``plot`` and ``report`` subcommands to ``subparsers``.
+    """Add the ``table``, ``plot``, ``report`` and ``claims`` subcommands to ``subparsers``.
 
     Each sets ``func`` to a callable taking the parsed arguments and returning an exit code.
     """
@@ -138,6 +167,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     report.add_argument("--out", type=Path, default=None,
                         help="file to write (default: SWEEP_DIR/analysis/report.html)")
     report.set_defaults(func=_guarded(run_report))
+
+    claims = subparsers.add_parser(
+        "claims", help="check the paper's claims (the sweep file's `claims:`) over the runs",
+        description="Evaluate the claims of the sweep file that SWEEP_DIR/sweep.json names "
+                    "(for its profile) over the runs: one line per claim (holds / fails / "
+                    "undecided, the measured numbers and the paper's) and a summary; writes "
+                    "SWEEP_DIR/analysis/claims.json and claims.md. Exit 0 when every claim "
+                    "holds, 1 otherwise, 2 when SWEEP_DIR is not a sweep directory or the "
+                    "claims cannot be read.")
+    claims.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path,
+                        help="a sweep directory written by `dino-ablate sweep`")
+    claims.add_argument("--sweep-file", type=Path, default=None,
+                        help="read the claims from this sweep file instead of the one "
+                             "sweep.json records (e.g. when that one moved)")
+    claims.add_argument("--out", type=Path, default=None,
+                        help="directory to write claims.json and claims.md (default: "
+                             "SWEEP_DIR/analysis)")
+    claims.set_defaults(func=_guarded(run_claims))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

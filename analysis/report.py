@@ -2,7 +2,8 @@
 
 The page needs nothing but itself: figures are PNG images embedded as base64 ``data:`` URIs,
 styles are inline, there is no script. It holds the ablation table (plus its LaTeX and CSV in
-collapsible blocks), a table of every run, and every figure of :func:`analysis.plots.sweep_figures`.
+collapsible blocks), the sweep file's claims with their verdicts (:mod:`analysis.claims`), a
+table of every run, and every figure of :func:`analysis.plots.sweep_figures`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analysis.claims import ClaimsUnavailable, ConfigError, check_sweep_dir, summary_line
 from analysis.figure_style import DPI
 from analysis.load import SweepResults
 from analysis.plots import sweep_figures
@@ -39,6 +41,10 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
 dt { font-weight: 600; }
 div.scroll { overflow-x: auto; }
+td.verdict { font-weight: 600; text-align: center; }
+td.verdict-holds { background: #e6f4ea; color: #137333; }
+td.verdict-fails { background: #fdecea; color: #a50e0e; }
+td.verdict-undecided { background: #fef7e0; color: #7a5800; }
 """
 
 _CAPTIONS = {
@@ -146,6 +152,34 @@ def runs_table_html(sweep: SweepResults) -> str:
     return _html_table(headers, rows, numeric)
 
 
+def claims_html(sweep: SweepResults) -> str:
+    """The sweep file's claims as a table (claim, source, paper, measured, verdict), verdicts
+    coloured; a paragraph saying why when there are none to check."""
+    try:
+        checked = check_sweep_dir(sweep.root)
+    except ClaimsUnavailable as error:
+        return f"<p>No claims checked: {_escape(error)}</p>"
+    except ConfigError as error:
+        return f"<p>No claims checked: the sweep file's claims are invalid: {_escape(error)}</p>"
+    if not checked.results:
+        return (f"<p>The sweep file {_escape(checked.sweep_file)} gives no claims for profile "
+                f"{_escape(checked.profile)}.</p>")
+    head = "".join(f"<th>{name}</th>" for name in
+                   ("claim", "source", "paper", "measured", "verdict"))
+    rows = []
+    for result in checked.results:
+        cells = "".join(f"<td>{_escape(text)}</td>" for text in (
+            result.claim.id, result.claim.source, result.claim.paper, result.measured))
+        rows.append(f'<tr id="claim-{_escape(result.claim.id)}">{cells}<td class="verdict '
+                    f'verdict-{result.verdict}">{result.verdict}</td></tr>')
+    return (f"<p>From {_escape(checked.sweep_file)} (profile {_escape(checked.profile)}): "
+            f"{_escape(summary_line(checked.results))}. Accuracies in percent, thresholds in "
+            "percentage points; ± is the standard deviation over seeds; a comparison within "
+            "it is undecided, as is a point whose run is missing or unfinished.</p>"
+            f'<div class="scroll"><table class="claims"><thead><tr>{head}</tr></thead><tbody>'
+            f"{''.join(rows)}</tbody></table></div>")
+
+
 def _figure_html(stem: str, figure: Figure) -> str:
     # Paged figures (knn_runs_01, knn_runs_02, ...) share the caption of their family.
     caption = _CAPTIONS.get(stem) or _CAPTIONS.get(stem.rsplit("_", 1)[0], "")
@@ -198,6 +232,8 @@ entropy and KL (nats) beside the paper's and ln K.</p>
 <div class="scroll">{ablation_table_html(table)}</div>
 <details><summary>LaTeX</summary><pre>{_escape(to_latex(table))}</pre></details>
 <details><summary>CSV</summary><pre>{_escape(to_csv(table))}</pre></details>
+<h2>Claims</h2>
+{claims_html(sweep)}
 <h2>Runs</h2>
 <div class="scroll">{runs_table_html(sweep)}</div>
 <h2>Figures</h2>

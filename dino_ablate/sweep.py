@@ -27,6 +27,7 @@ from typing import Any
 from dino_ablate import config as cfgmod
 from dino_ablate import identity, safeload
 from dino_ablate.config import RunConfig
+from dino_ablate.contract.claims import Claim, sweep_claims
 from dino_ablate.errors import ConfigError, unknown_key
 from dino_ablate.resources import Resources, _fail, parse_resources
 
@@ -35,10 +36,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 TOP_KEYS = ("name", "description", "base", "output_dir", "default_profile", "profiles", "grid",
-            "zip", "seeds", "baseline", "point_resources", "reference")
-#: `grid`, `zip`, `seeds` and `baseline` in a profile replace the top-level ones for it.
+            "zip", "seeds", "baseline", "point_resources", "reference", "claims")
+#: `grid`, `zip`, `seeds`, `baseline` and `claims` in a profile replace the top-level ones for it.
 AXIS_KINDS = ("grid", "zip", "seeds")
-PROFILE_KEYS = ("config", "resources", *AXIS_KINDS, "baseline")
+PROFILE_KEYS = ("config", "resources", *AXIS_KINDS, "baseline", "claims")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Sweep:
     varied_keys: tuple[str, ...]
     points: tuple[Point, ...]
     baseline: tuple[str, ...]
+    #: the profile's claims (docs/sweeps.md, "Claims"), checked against its axes
+    claims: tuple[Claim, ...] = ()
 
     def point(self, run_id: str) -> Point:
         for p in self.points:
@@ -451,6 +454,7 @@ class SweepPlan:
     references: tuple[tuple[dict[str, Any], tuple[str, ...] | None, dict[str, float],
                             str | None], ...]
     baseline_selector: dict[str, Any]
+    claims: tuple[Claim, ...] = ()
 
 
 def load_sweep(file: Path | str, profile: str | None = None, *, max_points: int = MAX_POINTS,
@@ -470,7 +474,8 @@ def load_sweep(file: Path | str, profile: str | None = None, *, max_points: int 
             progress(len(points), plan.size)
     return Sweep(name=plan.name, file=plan.file, profile=plan.profile, profiles=plan.profiles,
                  description=plan.description, output_dir=plan.output_dir,
-                 varied_keys=plan.varied_keys, points=tuple(points), baseline=tuple(baseline))
+                 varied_keys=plan.varied_keys, points=tuple(points), baseline=tuple(baseline),
+                 claims=plan.claims)
 
 
 def plan_sweep(file: Path | str, profile: str | None = None, *,
@@ -524,12 +529,16 @@ def plan_sweep(file: Path | str, profile: str | None = None, *,
         baseline_sel = _match_mapping(source, f"profiles.{profile}.baseline",
                                       pbody["baseline"], axis_values)
 
+    # every profile's claims are checked against its own axes, whichever profile is expanded
+    claims = sweep_claims(raw, source, {p: parsed for p, (parsed, _) in profile_axes.items()})
+
     size = _check_size(axes, profile, max_points, source)
     return SweepPlan(name=name, file=file, profile=profile, profiles=tuple(profiles_raw),
                      description=description, output_dir=output_dir, varied_keys=varied_keys,
                      size=size, axes=tuple(tuple(axis) for axis in axes), merged=merged,
                      resources=resources, overrides=tuple(overrides),
-                     references=tuple(references), baseline_selector=baseline_sel)
+                     references=tuple(references), baseline_selector=baseline_sel,
+                     claims=claims[profile])
 
 
 def _check_profiles(raw: Mapping[str, Any], source: str) -> Mapping[str, Any]:

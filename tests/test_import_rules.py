@@ -97,6 +97,7 @@ def test_the_contract_imports_only_light_modules() -> None:
 
 
 @pytest.mark.parametrize("module", [CONTRACT, "analysis.run_reader", "analysis.sweepdir",
+                                    "analysis.claims", "dino_ablate.contract.claims",
                                     "analysis.cli"])
 def test_importing_it_loads_no_torch(module: str) -> None:
     """What the imports above pull in at run time: never torch (nor the trainer)."""

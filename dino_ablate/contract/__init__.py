@@ -2,8 +2,10 @@
 
 docs/run_directory.md describes it in prose; this package is that description as code (a test
 checks the two agree): the file names, the states a run can be in, the metric keys with their
-meaning and unit, the readers and atomic writers, and the collapse classification. `analysis/`
-imports nothing else from `dino_ablate`, so everything here stays light (no torch).
+meaning and unit, the readers and atomic writers, and the collapse classification; and the
+claims a sweep file makes about its runs (`claims.py`, `points.py`), which the sweep loader
+checks and `analysis/` evaluates. `analysis/` imports nothing else from `dino_ablate`, so
+everything here stays light (no torch).
 """
 
 from __future__ import annotations

@@ -1,0 +1,358 @@
+"""analysis.claims: every claim kind holds, fails and is undecided (within the seeds' spread,
+a missing run, an unfinished run) on synthetic run directories."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.claims import ClaimResult, evaluate, summary_line
+from analysis.run_reader import RunData, read_run
+from dino_ablate.contract.claims import Claim, sweep_claims
+from tests.analysis import synth
+
+LN_K = math.log(256)
+EPOCHS = 10
+
+
+def claims_of(claims: list[dict[str, Any]], **axes: Any) -> tuple[Claim, ...]:
+    raw = {"profiles": {"local": {}}, "claims": claims, **axes}
+    return sweep_claims(raw, "test.yaml")["local"]
+
+
+class Runs:
+    """Synthetic run directories under tmp_path, read back as RunData."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.runs: list[RunData] = []
+
+    def add(self, varied: dict[str, Any], *, seed: int = 0, state: str = "done",
+            records: Sequence[dict[str, Any]] | None = None, init: float = 0.30,
+            **record_args: Any) -> None:
+        run_id = "_".join(f"{k}-{v}" for k, v in varied.items()) + f"_s{seed}"
+        rows = list(records) if records is not None else synth.make_records(EPOCHS,
+                                                                            **record_args)
+        path = synth.write_run(self.root / run_id, varied=varied, seed=seed, state=state,
+                               records=rows, init=(init, init), planned_epochs=EPOCHS)
+        self.runs.append(read_run(path))
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Runs:
+    return Runs(tmp_path)
+
+
+def one(claims: tuple[Claim, ...], runs: Runs) -> ClaimResult:
+    [result] = evaluate(claims, runs.runs)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# order and monotone
+
+ORDER = claims_of([{"id": "ema_wins", "kind": "order", "source": "Fig. 6 right",
+                    "points": [{"teacher.update": "ema"}, {"teacher.update": "previous_epoch"}],
+                    "paper": {"ema": 72.8, "previous_epoch": 66.6}}],
+                  grid={"teacher.update": ["ema", "previous_epoch", "student_copy"]},
+                  seeds=[0, 1, 2])
+
+
+def test_order_holds_with_seeds_aggregated(runs: Runs) -> None:
+    for seed, knn in enumerate((0.70, 0.71, 0.72)):
+        runs.add({"teacher.update": "ema"}, seed=seed, knn_teacher_final=knn)
+    runs.add({"teacher.update": "previous_epoch"}, knn_teacher_final=0.60)
+    result = one(ORDER, runs)
+    assert result.verdict == "holds"
+    assert result.line() == (
+        "[holds] ema_wins (Fig. 6 right): teacher kNN update=ema 71.0 ± 1.0 (3 seeds) > "
+        "update=previous_epoch 60.0 (1 seed); paper ema 72.8, previous_epoch 66.6")
+    assert result.values["points"][0] == {"label": "update=ema", "mean": pytest.approx(71.0),
+                                          "std": pytest.approx(1.0), "seeds": 3}
+
+
+def test_order_fails_when_reversed(runs: Runs) -> None:
+    runs.add({"teacher.update": "ema"}, knn_teacher_final=0.50)
+    runs.add({"teacher.update": "previous_epoch"}, knn_teacher_final=0.60)
+    result = one(ORDER, runs)
+    assert result.verdict == "fails" and "50.0 (1 seed) < update=previous_epoch" in result.line()
+
+
+def test_order_within_the_seed_spread_is_undecided(runs: Runs) -> None:
+    for seed, knn in enumerate((0.60, 0.70, 0.80)):  # 70 ± 10
+        runs.add({"teacher.update": "ema"}, seed=seed, knn_teacher_final=knn)
+    runs.add({"teacher.update": "previous_epoch"}, knn_teacher_final=0.66)  # 4 points below
+    result = one(ORDER, runs)
+    assert result.verdict == "undecided"
+    assert "70.0 ± 10.0 (3 seeds) ≈ update=previous_epoch 66.0 (1 seed)" in result.measured
+
+
+def test_order_with_a_missing_or_unfinished_run_is_undecided(runs: Runs) -> None:
+    runs.add({"teacher.update": "ema"}, knn_teacher_final=0.70)
+    result = one(ORDER, runs)
+    assert result.verdict == "undecided" and "update=previous_epoch (no run)" in result.measured
+    runs.add({"teacher.update": "previous_epoch"}, state="running", knn_teacher_final=0.1)
+    result = one(ORDER, runs)
+    assert result.verdict == "undecided"
+    assert "not finished: running, 10 of 10 epochs" in result.measured
+
+
+def test_a_chain_fails_on_one_failed_pair_even_with_another_missing(runs: Runs) -> None:
+    chain = claims_of([{"id": "c", "kind": "order", "source": "s", "paper": "x", "points": [
+        {"teacher.update": "ema"}, {"teacher.update": "previous_epoch"},
+        {"teacher.update": "student_copy"}]}],
+        grid={"teacher.update": ["ema", "previous_epoch", "student_copy"]})
+    runs.add({"teacher.update": "ema"}, knn_teacher_final=0.50)
+    runs.add({"teacher.update": "previous_epoch"}, knn_teacher_final=0.60)
+    result = one(chain, runs)
+    assert result.verdict == "fails"
+    assert "< update=previous_epoch 60.0 (1 seed) ? update=student_copy (no run)" in \
+        result.measured
+
+
+MONOTONE = claims_of([{"id": "m", "kind": "monotone", "axis": "model.patch_size",
+                       "direction": "decreasing", "source": "Fig. 5", "paper": "x"}],
+                     grid={"model.patch_size": [16, 4, 8]})
+
+
+@pytest.mark.parametrize(("knn", "verdict"), [
+    ((0.8, 0.7, 0.6), "holds"), ((0.8, 0.6, 0.7), "fails"), ((0.8, 0.7, 0.7), "undecided")])
+def test_monotone_compares_neighbours_in_ascending_axis_order(
+        runs: Runs, knn: tuple[float, float, float], verdict: str) -> None:
+    for patch, value in zip((4, 8, 16), knn, strict=True):
+        runs.add({"model.patch_size": patch}, knn_teacher_final=value)
+    result = one(MONOTONE, runs)
+    assert result.verdict == verdict
+    assert result.measured.startswith("decreasing along model.patch_size: teacher kNN "
+                                      "patch_size=4 80.0 (1 seed) ")
+
+
+def test_monotone_on_images_per_s_uses_the_median_over_epochs(runs: Runs) -> None:
+    claims = claims_of([{"id": "t", "kind": "monotone", "axis": "model.patch_size",
+                         "direction": "increasing", "metric": "images_per_s", "source": "s",
+                         "paper": "x"}], grid={"model.patch_size": [4, 8]})
+    for patch, speed in ((4, 200.0), (8, 900.0)):
+        rows = synth.make_records(EPOCHS, images_per_s=speed)
+        rows[0]["images_per_s"] = 1.0  # a slow first epoch does not count
+        runs.add({"model.patch_size": patch}, records=rows)
+    result = one(claims, runs)
+    assert result.verdict == "holds"
+    assert "patch_size=4 200 (1 seed) < patch_size=8 900 (1 seed)" in result.measured
+
+
+# --------------------------------------------------------------------------------------------
+# collapses and healthy
+
+
+def _collapse_claim(mode: str) -> tuple[Claim, ...]:
+    return claims_of([{"id": "c", "kind": "collapses", "point": {"loss.sharpening": False},
+                       "mode": mode, "source": "Fig. 7", "paper": "uniform"}],
+                     grid={"loss.sharpening": [True, False]}, seeds=[0, 1, 2])
+
+
+@pytest.mark.parametrize(("collapse", "mode", "verdict"), [
+    ("uniform", "uniform", "holds"), ("one-dim", "one_dim", "holds"), ("uniform", "any", "holds"),
+    ("one-dim", "uniform", "fails"), (None, "any", "fails")])
+def test_collapses(runs: Runs, collapse: str | None, mode: str, verdict: str) -> None:
+    runs.add({"loss.sharpening": False}, collapse=collapse)
+    result = one(_collapse_claim(mode), runs)
+    assert result.verdict == verdict, result.line()
+    assert f"of ln K {LN_K:.3f}" in result.measured and "KL" in result.measured
+
+
+def test_collapses_within_the_seed_spread_is_undecided(runs: Runs) -> None:
+    for seed, entropy in enumerate((LN_K - 0.001, LN_K - 0.2, LN_K - 0.001)):
+        rows = synth.make_records(EPOCHS, collapse="uniform")
+        rows[-1]["teacher_entropy"] = entropy  # mean 0.067 below ln K, std 0.11
+        runs.add({"loss.sharpening": False}, seed=seed, records=rows)
+    result = one(_collapse_claim("uniform"), runs)
+    assert result.verdict == "undecided" and "(3 seeds)" in result.measured
+
+
+def test_a_diverged_run_counts_for_collapses_but_a_missing_one_is_undecided(runs: Runs) -> None:
+    assert one(_collapse_claim("uniform"), runs).verdict == "undecided"
+    rows = synth.make_records(EPOCHS, collapse="uniform")
+    rows[-1]["teacher_entropy"] = rows[-1]["kl_teacher_student"] = float("nan")
+    runs.add({"loss.sharpening": False}, state="diverged", records=rows)
+    result = one(_collapse_claim("uniform"), runs)
+    assert result.verdict == "holds" and result.measured.endswith("(diverged)")
+
+
+HEALTHY = claims_of([{"id": "h", "kind": "healthy", "point": {"loss.sharpening": True},
+                      "source": "Fig. 7", "paper": "both"}],
+                    grid={"loss.sharpening": [True, False]}, seeds=[0, 1])
+
+
+def _with(rows: list[dict[str, Any]], epoch: int, **values: float) -> list[dict[str, Any]]:
+    rows[epoch - 1].update(values)
+    return rows
+
+
+def test_healthy_holds_and_ignores_the_first_half(runs: Runs) -> None:
+    runs.add({"loss.sharpening": True},
+             records=_with(synth.make_records(EPOCHS), 2, kl_teacher_student=0.0))
+    result = one(HEALTHY, runs)
+    assert result.verdict == "holds", result.line()
+    assert result.measured.startswith("sharpening=true, epochs 6-10: KL min ")
+
+
+@pytest.mark.parametrize("values", [{"kl_teacher_student": 0.05}, {"teacher_entropy": 0.01},
+                                    {"teacher_entropy": LN_K - 0.01}])
+def test_healthy_fails_on_one_bad_epoch_of_the_second_half(runs: Runs,
+                                                          values: dict[str, float]) -> None:
+    runs.add({"loss.sharpening": True}, records=_with(synth.make_records(EPOCHS), 8, **values))
+    result = one(HEALTHY, runs)
+    assert result.verdict == "fails" and "at epochs [8]" in result.measured
+
+
+def test_healthy_within_the_seed_spread_or_unfinished_is_undecided(runs: Runs) -> None:
+    for seed, kl in enumerate((0.05, 0.2)):  # mean 0.125, std 0.106 around the 0.1 bound
+        runs.add({"loss.sharpening": True}, seed=seed,
+                 records=_with(synth.make_records(EPOCHS), 9, kl_teacher_student=kl))
+    assert one(HEALTHY, runs).verdict == "undecided"
+    runs.runs.pop()
+    runs.add({"loss.sharpening": True}, seed=1, state="failed")
+    result = one(HEALTHY, runs)
+    assert result.verdict == "undecided" and "not finished: failed" in result.measured
+
+
+# --------------------------------------------------------------------------------------------
+# below_init and above_init
+
+
+def _init_claim(kind: str, by: float = 0) -> tuple[Claim, ...]:
+    return claims_of([{"id": "i", "kind": kind, "point": {"teacher.update": "student_copy"},
+                       "by": by, "source": "Table 7 row 2", "paper": {"knn": 0.1}}],
+                     grid={"teacher.update": ["ema", "student_copy"]}, seeds=[0, 1, 2])
+
+
+@pytest.mark.parametrize(("kind", "by", "final", "verdict"), [
+    ("below_init", 0, 0.20, "holds"), ("below_init", 0, 0.40, "fails"),
+    ("below_init", 15, 0.20, "fails"), ("above_init", 0, 0.40, "holds"),
+    ("above_init", 15, 0.40, "fails"), ("above_init", 5, 0.40, "holds")])
+def test_init_claims(runs: Runs, kind: str, by: float, final: float, verdict: str) -> None:
+    runs.add({"teacher.update": "student_copy"}, knn_teacher_final=final, init=0.30)
+    result = one(_init_claim(kind, by), runs)
+    assert result.verdict == verdict, result.line()
+    assert f"final teacher kNN {final * 100:.1f} vs random-init 30.0: " \
+           f"{(final - 0.3) * 100:+.1f} pp" in result.measured
+    side = kind.split("_")[0]
+    assert f"(claimed {side} by more than {by} pp)" in result.measured if by else \
+        f"(claimed {side}) (1 seed)" in result.measured
+
+
+def test_init_claims_within_the_seed_spread_are_undecided(runs: Runs) -> None:
+    for seed, final in enumerate((0.25, 0.35, 0.20)):  # -3.3 ± 7.6 points from the init
+        runs.add({"teacher.update": "student_copy"}, seed=seed, knn_teacher_final=final)
+    assert one(_init_claim("below_init"), runs).verdict == "undecided"
+
+
+def test_a_diverged_run_counts_below_init_only(runs: Runs) -> None:
+    runs.add({"teacher.update": "student_copy"}, state="diverged", knn_teacher_final=0.2)
+    assert one(_init_claim("below_init"), runs).verdict == "holds"
+    result = one(_init_claim("above_init"), runs)
+    assert result.verdict == "undecided" and "not finished: diverged" in result.measured
+    assert one(claims_of([{"id": "i", "kind": "below_init", "point": {"teacher.update": "ema"},
+                           "source": "s", "paper": 1}],
+                         grid={"teacher.update": ["ema", "student_copy"]}),
+               runs).measured == "update=ema: no run"
+
+
+# --------------------------------------------------------------------------------------------
+# flat
+
+
+FLAT = claims_of([{"id": "f", "kind": "flat", "within": 1.0, "source": "App. D",
+                   "paper": {"m0": 69.1}}],
+                 grid={"loss.center_momentum": [0.0, 0.9, 0.99]}, seeds=[0, 1])
+
+
+@pytest.mark.parametrize(("knn", "verdict"), [
+    ((0.691, 0.697, 0.694), "holds"), ((0.691, 0.717, 0.694), "fails")])
+def test_flat_over_every_point_by_default(runs: Runs, knn: tuple[float, ...],
+                                          verdict: str) -> None:
+    for m, value in zip((0.0, 0.9, 0.99), knn, strict=True):
+        runs.add({"loss.center_momentum": m}, knn_teacher_final=value)
+    result = one(FLAT, runs)
+    assert result.verdict == verdict
+    assert result.measured.startswith(f"teacher kNN spans {(max(knn) - min(knn)) * 100:.1f} pp "
+                                      "over 3 points (claimed at most 1): highest "
+                                      "center_momentum=0.9")
+
+
+def test_flat_undecided_within_the_spread_or_with_a_missing_point(runs: Runs) -> None:
+    runs.add({"loss.center_momentum": 0.0}, knn_teacher_final=0.690)
+    runs.add({"loss.center_momentum": 0.9}, knn_teacher_final=0.695)
+    assert one(FLAT, runs).verdict == "undecided"  # 0.99 has no run
+    runs.add({"loss.center_momentum": 0.99}, knn_teacher_final=0.700)
+    runs.add({"loss.center_momentum": 0.99}, seed=1, knn_teacher_final=0.660)  # 68.0 ± 2.8
+    result = one(FLAT, runs)  # spans 1.5 points: 0.5 over the bound, within 2.8
+    assert result.verdict == "undecided", result.line()
+    assert "lowest center_momentum=0.99 68.0 ± 2.8 (2 seeds)" in result.measured
+
+
+def test_flat_fails_when_the_known_points_already_spread_too_far(runs: Runs) -> None:
+    runs.add({"loss.center_momentum": 0.0}, knn_teacher_final=0.60)
+    runs.add({"loss.center_momentum": 0.9}, knn_teacher_final=0.70)
+    result = one(FLAT, runs)
+    assert result.verdict == "fails" and "center_momentum=0.99 (no run)" in result.measured
+
+
+# --------------------------------------------------------------------------------------------
+# teacher_above_student
+
+
+def _above(over: str = "second_half") -> tuple[Claim, ...]:
+    return claims_of([{"id": "t", "kind": "teacher_above_student", "over": over,
+                       "point": {"teacher.update": "ema"}, "source": "Fig. 6 left",
+                       "paper": "teacher above"}],
+                     grid={"teacher.update": ["ema", "student_copy"]}, seeds=[0, 1])
+
+
+@pytest.mark.parametrize(("teacher", "student", "verdict"), [
+    (0.70, 0.66, "holds"), (0.63, 0.69, "fails")])
+def test_teacher_above_student(runs: Runs, teacher: float, student: float,
+                               verdict: str) -> None:
+    runs.add({"teacher.update": "ema"}, knn_teacher_final=teacher, knn_student_final=student)
+    result = one(_above(), runs)
+    assert result.verdict == verdict
+    assert "teacher - student kNN at the 5 evaluated epochs 6-10 (second half)" in \
+        result.measured
+
+
+def test_teacher_above_student_counts_only_evaluated_epochs_of_its_window(runs: Runs) -> None:
+    rows = synth.make_records(EPOCHS, knn_teacher_final=0.7, knn_student_final=0.6)
+    rows[1]["knn_teacher"] = 0.01  # below the student in the first half only
+    for epoch in (7, 9):
+        rows[epoch - 1]["knn_teacher"] = rows[epoch - 1]["knn_student"] = None  # not evaluated
+    runs.add({"teacher.update": "ema"}, records=rows)
+    second_half = one(_above(), runs)
+    assert second_half.verdict == "holds"
+    assert "at the 3 evaluated epochs 6-10" in second_half.measured
+    every = one(_above("all"), runs)
+    assert every.verdict == "fails" and "teacher below at epochs [2]" in every.measured
+
+
+def test_teacher_above_student_within_the_spread_is_undecided(runs: Runs) -> None:
+    for seed, student in enumerate((0.60, 0.72)):  # teacher 0.7: +10 and -2 points
+        runs.add({"teacher.update": "ema"}, seed=seed, knn_teacher_final=0.7,
+                 knn_student_final=student)
+    assert one(_above(), runs).verdict == "undecided"
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+
+
+def test_summary_line_counts_verdicts(runs: Runs) -> None:
+    runs.add({"teacher.update": "ema"}, knn_teacher_final=0.70)
+    runs.add({"teacher.update": "previous_epoch"}, knn_teacher_final=0.60)
+    results = evaluate(ORDER + _above(), runs.runs)
+    assert [r.verdict for r in results] == ["holds", "holds"]
+    assert summary_line(results) == "2 of 2 claims hold, 0 fail, 0 undecided"
+    assert summary_line(results[:1]) == "1 of 1 claim holds, 0 fail, 0 undecided"
+    assert summary_line([]) == "0 of 0 claims hold, 0 fail, 0 undecided"

@@ -1,0 +1,135 @@
+"""The `claims:` block of sweep files: every shipped file's claims load for both profiles, and
+the points each claim resolves to (the bad-input cases are tests/sweep/bad/claim_*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dino_ablate.contract.claims import KINDS, ConfigError, read_claims, sweep_claims
+from dino_ablate.contract.points import profile_axes
+from dino_ablate.sweep import _axis_specs, _parse_axes, plan_sweep, read_sweep_file
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDIES = sorted(f for f in (ROOT / "sweeps").glob("*.yaml") if f.stem != "local_smoke")
+#: the claims tests/sweep/test_reproduction.py asserts by id
+ASSERTED = {"momentum": {"no_momentum_below_init"},
+            "centering_sharpening": {"sharpening_only_collapses_one_dim",
+                                     "centering_only_collapses_uniform", "both_healthy"},
+            "teacher_update": {"student_copy_below_init", "previous_iteration_below_init",
+                               "ema_beats_previous_epoch"}}
+
+
+def test_there_are_nine_studies() -> None:
+    assert len(STUDIES) == 9
+
+
+@pytest.mark.parametrize("file", STUDIES, ids=[f.stem for f in STUDIES])
+@pytest.mark.parametrize("profile", ["paper", "local"])
+def test_every_shipped_sweep_states_claims_valid_for_both_profiles(file: Path,
+                                                                   profile: str) -> None:
+    claims = plan_sweep(file, profile).claims
+    assert len(claims) >= 2, f"{file.name} [{profile}] states {len(claims)} claims"
+    assert len({c.id for c in claims}) == len(claims)
+    assert all(c.source and c.paper for c in claims)
+    assert ASSERTED.get(file.stem, set()) <= {c.id for c in claims}
+    # analysis reads the same claims back from the file, without the sweep loader
+    assert read_claims(file, profile) == claims
+
+
+def test_every_kind_is_used_by_a_shipped_sweep() -> None:
+    used = {c.kind for f in STUDIES for p in ("paper", "local") for c in plan_sweep(f, p).claims}
+    assert used == set(KINDS)
+
+
+@pytest.mark.parametrize("file", sorted((ROOT / "sweeps").glob("*.yaml")),
+                         ids=lambda f: f.stem)
+def test_the_contract_reads_the_axes_as_the_sweep_loader_does(file: Path) -> None:
+    raw = read_sweep_file(file)
+    for profile in raw["profiles"]:
+        parsed, _ = _parse_axes(_axis_specs(raw, profile), str(file))
+        assert profile_axes(raw, profile, str(file)) == parsed
+
+
+def test_monotone_follows_each_profiles_own_axis_in_ascending_order() -> None:
+    file = ROOT / "sweeps" / "patch_size.yaml"
+    for profile, sizes in (("paper", [5, 8, 16]), ("local", [2, 4, 8])):
+        [claim] = [c for c in plan_sweep(file, profile).claims
+                   if c.id == "knn_rises_as_patch_shrinks"]
+        assert [p["model.patch_size"] for p in claim.points] == sizes
+        assert claim.labels == tuple(f"patch_size={s}" for s in sizes)
+
+
+def test_flat_without_points_ranges_over_every_point() -> None:
+    file = ROOT / "sweeps" / "batch_size.yaml"
+    [claim] = [c for c in plan_sweep(file, "local").claims if c.id == "batch_size_small_effect"]
+    assert [p["optim.batch_size"] for p in claim.points] == [32, 64, 128, 256]
+
+
+def _raw(**extra: Any) -> dict[str, Any]:
+    return {"profiles": {"paper": {}, "local": {"grid": {"optim.batch_size": [32, 64]}}},
+            "grid": {"optim.batch_size": [128, 256]}, **extra}
+
+
+def _claim(**keys: Any) -> dict[str, Any]:
+    return {"id": "c", "kind": "above_init", "source": "Table 9", "paper": 57.9, **keys}
+
+
+def test_a_claim_restricted_to_a_profile_is_checked_there_only() -> None:
+    claims = sweep_claims(_raw(claims=[_claim(point={"optim.batch_size": 128},
+                                              profiles=["paper"])]), "s.yaml")
+    assert [c.id for c in claims["paper"]] == ["c"] and claims["local"] == ()
+    with pytest.raises(ConfigError, match=r"claims\[0\]\.point\.optim\.batch_size: 128 is not a "
+                                          r"value of this axis in profile local"):
+        sweep_claims(_raw(claims=[_claim(point={"optim.batch_size": 128})]), "s.yaml")
+
+
+def test_a_profiles_own_claims_replace_the_top_level_ones() -> None:
+    raw = _raw(claims=[_claim(point={"optim.batch_size": 128}, profiles=["paper"])])
+    raw["profiles"]["local"]["claims"] = [_claim(id="own", point={"optim.batch_size": 32})]
+    claims = sweep_claims(raw, "s.yaml")
+    assert [c.id for c in claims["local"]] == ["own"] and [c.id for c in claims["paper"]] == ["c"]
+    raw["claims"][0]["profiles"] = ["paper", "local"]
+    with pytest.raises(ConfigError, match=r"claims\[0\]\.profiles: profile local gives its own"):
+        sweep_claims(raw, "s.yaml")
+    del raw["claims"][0]["profiles"]
+    raw["profiles"]["paper"]["claims"] = []
+    with pytest.raises(ConfigError, match=r"claims: every profile gives its own `claims`"):
+        sweep_claims(raw, "s.yaml")
+
+
+def test_monotone_with_other_axes_takes_the_points_around_the_baseline() -> None:
+    raw = {"profiles": {"local": {}}, "baseline": {"optim.batch_size": 64, "seed": 0},
+           "grid": {"optim.batch_size": [64, 32], "teacher.update": ["ema", "student_copy"]},
+           "seeds": [0, 1],
+           "claims": [{"id": "m", "kind": "monotone", "axis": "teacher.update", "source": "s",
+                       "paper": "x", "direction": "increasing"}]}
+    with pytest.raises(ConfigError, match="needs two or more distinct numbers"):
+        sweep_claims(raw, "s.yaml")
+    raw["claims"][0]["axis"] = "optim.batch_size"
+    raw["baseline"] = {"teacher.update": "ema"}
+    [claim] = sweep_claims(raw, "s.yaml")["local"]
+    assert claim.points == ({"optim.batch_size": 32, "teacher.update": "ema"},
+                            {"optim.batch_size": 64, "teacher.update": "ema"})
+    assert claim.labels == ("batch_size=32", "batch_size=64")
+
+
+def test_a_point_selector_may_name_a_seed_or_leave_the_seeds_out() -> None:
+    raw = {"profiles": {"local": {}}, "grid": {"teacher.update": ["ema", "student_copy"]},
+           "seeds": [0, 1], "claims": [_claim(point={"teacher.update": "ema", "seed": 1})]}
+    [claim] = sweep_claims(raw, "s.yaml")["local"]
+    assert claim.points == ({"teacher.update": "ema", "seed": 1},)
+    raw["claims"] = [_claim(point={})]
+    with pytest.raises(ConfigError, match=r"claims\[0\]\.point: \{\} selects 2 points of profile "
+                                          r"local \(they differ in teacher.update\)"):
+        sweep_claims(raw, "s.yaml")
+
+
+def test_read_claims_names_a_profile_the_file_lacks(tmp_path: Path) -> None:
+    file = tmp_path / "s.yaml"
+    file.write_text("profiles: {local: {}}\ngrid: {teacher.update: [ema, student_copy]}\n")
+    assert read_claims(file, "local") == ()
+    with pytest.raises(ConfigError, match="no profile 'paper'"):
+        read_claims(file, "paper")
