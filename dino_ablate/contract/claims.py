@@ -318,7 +318,13 @@ def _resolve(item: Mapping[str, Any], source: str, axes: Axes, profile: str,
             raise fail(source, where, f"a flat claim needs two points; profile {profile} has "
                        f"{len(points)}")
     else:
-        points = (check_selector(source, f"{where}.point", item["point"], axes, profile,
+        selector = item["point"]
+        if selector == "baseline":  # the profile's `baseline` point
+            if baseline is None:
+                raise fail(source, f"{where}.point", f"'baseline' but profile {profile} has no "
+                           "`baseline`; give the point's axis values instead")
+            selector = dict(baseline)
+        points = (check_selector(source, f"{where}.point", selector, axes, profile,
                                  one_point=True),)
         labels = (short_label(points[0]),)
     return Claim(id=item["id"], kind=kind, source=item["source"], paper=item["paper"],

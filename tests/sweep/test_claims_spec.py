@@ -133,3 +133,15 @@ def test_read_claims_names_a_profile_the_file_lacks(tmp_path: Path) -> None:
     assert read_claims(file, "local") == ()
     with pytest.raises(ConfigError, match="no profile 'paper'"):
         read_claims(file, "paper")
+
+
+def test_point_baseline_names_each_profiles_own_baseline_point() -> None:
+    raw = _raw(claims=[_claim(point="baseline")], baseline={"optim.batch_size": 256})
+    raw["profiles"]["local"]["baseline"] = {"optim.batch_size": 32}
+    claims = sweep_claims(raw, "s.yaml")
+    assert claims["paper"][0].points == ({"optim.batch_size": 256},)
+    assert claims["local"][0].points == ({"optim.batch_size": 32},)
+    del raw["baseline"]
+    with pytest.raises(ConfigError, match=r"claims\[0\]\.point: 'baseline' but profile paper has "
+                                          r"no `baseline`"):
+        sweep_claims(raw, "s.yaml")
