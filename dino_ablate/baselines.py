@@ -52,7 +52,8 @@ def cache_key(cfg: RunConfig, proto: LinearProtocol) -> dict[str, Any]:
     subset = d.knn_train_limit is not None or d.val_limit is not None
     return {"version": VERSION, "dataset": d.dataset, "root": d.root,
             "train_split": d.train_split, "val_split": d.val_split, "image_size": d.image_size,
-            "knn_train_limit": d.knn_train_limit, "val_limit": d.val_limit,
+            "train_limit": d.train_limit, "knn_train_limit": d.knn_train_limit,
+            "val_limit": d.val_limit,
             "subset_seed": cfg.seed if subset else None, "knn_k": ev.knn_k,
             "knn_temperature": ev.knn_temperature, "linear_l2": proto.l2,
             "linear_steps": proto.steps, "pixel_budget": PIXEL_BUDGET}

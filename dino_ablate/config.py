@@ -50,12 +50,13 @@ def _probabilities(value: tuple[float, ...]) -> str | None:
     return None if all(0 <= v <= 1 for v in value) else "must hold probabilities in [0, 1]"
 
 
-DatasetName = Literal["digits", "imagefolder", "cifar10", "cifar100", "synthetic"]
+DatasetName = Literal["digits", "fashion_mnist", "imagefolder", "cifar10", "cifar100",
+                      "synthetic"]
 TeacherUpdate = Literal["ema", "previous_epoch", "previous_iteration", "student_copy"]
 LossKind = Literal["cross_entropy", "mse"]
 Normalization = Literal["centering", "sinkhorn", "none"]
 #: Data sets held as one tensor (no image files): the fast probe is their `auto` protocol.
-IN_MEMORY_DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+IN_MEMORY_DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "synthetic")
 LinearProtocolName = Literal["auto", "fast", "paper", "off"]
 LinearFeatures = Literal["auto", "last4_cls", "cls_avgpool", "cls"]
 
@@ -64,15 +65,19 @@ LinearFeatures = Literal["auto", "last4_cls", "cls_avgpool", "cls"]
 class DataConfig:
     dataset: DatasetName = _f(
         "imagefolder", "training data: an ImageFolder root (ImageNet layout), CIFAR from a local "
-        "folder, `digits` (scikit-learn's bundled 8x8 digits, the embedded default), or "
-        "`synthetic` (seeded random RGB images: benchmarks only, nothing to learn)")
+        "folder, `digits` (scikit-learn's bundled 8x8 digits, the embedded default), "
+        "`fashion_mnist` (Fashion-MNIST's idx files: 60,000 train / 10,000 test 28x28 grey "
+        "images, 10 classes; Debian's dataset-fashion-mnist package), or `synthetic` (seeded "
+        "random RGB images: benchmarks only, nothing to learn)")
     root: str | None = _f(
-        None, "data root for imagefolder/cifar; `$VAR` / `${VAR}` are expanded (e.g. "
-        "${IMAGENET_ROOT}). Never downloaded.")
+        None, "data root for imagefolder/cifar, and for fashion_mnist the folder of its four idx "
+        "files (plain or .gz; null = /usr/share/datasets/fashion-mnist, where Debian's package "
+        "puts them); `$VAR` / `${VAR}` are expanded (e.g. ${IMAGENET_ROOT}). Never downloaded.")
     train_split: str = _f("train", "imagefolder: sub-folder holding the training classes")
     val_split: str = _f("val", "imagefolder: sub-folder holding the kNN evaluation classes")
     image_size: int = _f(224, "side (px) of the un-augmented kNN evaluation images (paper: "
-                         "resize 256, center crop 224); digits are resized to this", ge=4)
+                         "resize 256, center crop 224); digits and fashion_mnist are resized "
+                         "to this", ge=4)
     global_crop_size: int = _f(224, "side (px) of the 2 global crops (paper 224)", ge=4)
     local_crop_size: int = _f(96, "side (px) of the local crops (paper 96)", ge=2)
     num_local_crops: int = _f(8, "number of local crops; 0 disables multi-crop (paper 8, "
@@ -96,6 +101,11 @@ class DataConfig:
                               ge=0, le=1)
     num_workers: int = _f(10, "data-loader worker processes per rank for image folders "
                           "(official code 10); in-memory data sets use none", ge=0)
+    train_limit: int | None = _f(
+        None, "train on at most this many images of the train split: a fixed subset, "
+        "class-stratified, with seed 0 whatever the run's seed (a laptop run of fashion_mnist on "
+        "10,000 of its 60,000); it is also the kNN memory bank unless knn_train_limit cuts that "
+        "further. In-memory data sets only (not imagefolder); null = all", ge=1)
     knn_train_limit: int | None = _f(
         None, "use at most this many training images (seeded subset) as the kNN memory bank; "
         "null = all (the paper uses all of ImageNet train)", ge=1)
@@ -195,7 +205,7 @@ class EvalConfig:
         "auto", "linear probe on the frozen teacher and student (App. F.2): `paper` = the "
         "official eval_linear.py recipe after training (image folders only), `fast` = a probe "
         "fitted to the features of the un-augmented images (in-memory sets, seconds), `off`; "
-        "auto = fast for digits/CIFAR/synthetic, paper for image folders")
+        "auto = fast for digits/fashion_mnist/CIFAR/synthetic, paper for image folders")
     linear_every_epochs: int = _f(0, "fast probe every this many epochs as well; 0 = only at "
                                   "the end (the paper protocol runs only at the end)", ge=0)
     linear_features: LinearFeatures = _f(
@@ -412,6 +422,10 @@ def _check_cross_field(cfg: RunConfig, source: str | None) -> None:
         fail("model.num_heads", f"{cfg.model.num_heads} does not divide model.embed_dim "
              f"{cfg.model.embed_dim}")
     in_memory = cfg.data.dataset in IN_MEMORY_DATASETS
+    if cfg.data.train_limit is not None and not in_memory:
+        fail("data.train_limit", f"{cfg.data.train_limit}: data.dataset "
+             f"{cfg.data.dataset!r} reads its images from files and trains on all of them; "
+             f"allowed: null, or an in-memory data set ({', '.join(IN_MEMORY_DATASETS)})")
     if cfg.eval.linear_protocol == "paper" and in_memory:
         fail("eval.linear_protocol", f"'paper' trains on augmented image files; data.dataset "
              f"{cfg.data.dataset!r} is held in memory; allowed here: fast, auto, off")

@@ -1,9 +1,11 @@
-"""Data sets: scikit-learn's bundled digits (the embedded default), CIFAR from a local folder,
-and ImageFolder roots (ImageNet layout). Nothing is ever downloaded.
+"""Data sets: scikit-learn's bundled digits (the embedded default), Fashion-MNIST from its idx
+files (Debian's `dataset-fashion-mnist`), CIFAR from a local folder, and ImageFolder roots
+(ImageNet layout). Nothing is ever downloaded.
 
-In-memory sets (digits, CIFAR) keep their images as one tensor on the training device and are
-augmented in batches there (`augment.MultiCropAugment`). Image folders decode with PIL in
-loader workers and apply the official per-image torchvision pipeline.
+In-memory sets (digits, Fashion-MNIST, CIFAR) keep their images as one tensor on the training
+device and are augmented in batches there (`augment.MultiCropAugment`); `data.train_limit`
+trains on a fixed subset of their train split (`train_subset`). Image folders decode with PIL
+in loader workers and apply the official per-image torchvision pipeline.
 
 Every rank sees its slice of the same seeded global batch, so the data of a step depends only on
 (seed, step) and not on the world size, and a resume needs only the step.
@@ -22,12 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dino_ablate import fashion_mnist
 from dino_ablate.augment import MultiCropAugment
 from dino_ablate.config import ConfigError, DataConfig, expand_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DIGITS_TRAIN = 1400  # of 1797: a fixed seeded split, 397 val images
+#: seed of the `data.train_limit` subset: fixed, independent of the run seed (as digits' split),
+#: so runs of different seeds train on the same images
+TRAIN_SUBSET_SEED = 0
 
 
 @dataclass
@@ -126,6 +132,29 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
                          antialias=images.shape[-1] > size).clamp(0, 1)
 
 
+def train_subset(labels: torch.Tensor, limit: int | None,
+                 seed: int = TRAIN_SUBSET_SEED) -> torch.Tensor:
+    """Sorted indices of the `data.train_limit` subset of a train split with `labels` (N,):
+    all N when `limit` is None or at least N, else `limit` of them, class-stratified (each
+    class keeps its share of the split, within one image) and otherwise random with `seed`.
+
+    The images are ranked once by their position in their class's seeded order relative to
+    the class size, and a limit takes the first `limit`: the same limit gives the same images,
+    and a smaller limit's images are among a larger one's."""
+    n = int(labels.shape[0])
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    ordered = labels[order]
+    counts = torch.bincount(ordered)
+    by_class = torch.argsort(ordered, stable=True)  # seeded order within each class
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[by_class] = torch.arange(n) - starts[ordered[by_class]]
+    share = (rank + 1).double() / counts[ordered].double()
+    return order[torch.argsort(share, stable=True)[:limit]].sort().values
+
+
 def load_digits_data(cfg: DataConfig, seed_split: int, device: torch.device) -> InMemoryData:
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes), 1 channel, resized once to
     `image_size`; a fixed split (seed 0, independent of the run seed): 1400 train / 397 val."""
@@ -137,6 +166,7 @@ def load_digits_data(cfg: DataConfig, seed_split: int, device: torch.device) -> 
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed_split))
     images = _resize(images, cfg.image_size)
     train_idx, val_idx = perm[:DIGITS_TRAIN], perm[DIGITS_TRAIN:]
+    train_idx = train_idx[train_subset(labels[train_idx], cfg.train_limit)]
     mean = (float(images[train_idx].mean()),)
     std = (float(images[train_idx].std()),)
     return InMemoryData(images[train_idx], labels[train_idx], images[val_idx], labels[val_idx],
@@ -173,10 +203,29 @@ def load_cifar_data(cfg: DataConfig, device: torch.device) -> InMemoryData:
                                                 "fine_labels")
     tr_x, tr_y = _read_cifar_batches(folder, train_names, key)
     te_x, te_y = _read_cifar_batches(folder, test_names, key)
-    train = torch.from_numpy(tr_x).float() / 255.0
+    train_labels = torch.from_numpy(tr_y).long()
+    keep = train_subset(train_labels, cfg.train_limit)
+    train = torch.from_numpy(tr_x)[keep].float() / 255.0
     val = torch.from_numpy(te_x).float() / 255.0
-    return InMemoryData(train, torch.from_numpy(tr_y).long(), val, torch.from_numpy(te_y).long(),
+    # the published per-channel statistics of CIFAR's whole train split, also under a limit
+    return InMemoryData(train, train_labels[keep], val, torch.from_numpy(te_y).long(),
                         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), cfg, device)
+
+
+def load_fashion_mnist_data(cfg: DataConfig, device: torch.device) -> InMemoryData:
+    """Fashion-MNIST's 60,000 train / 10,000 test images (the val split here) from `data.root`
+    (null: Debian's folder; never downloaded), 1 channel in [0, 1], the `data.train_limit`
+    subset of train, resized once to `image_size`; mean and std of the images trained on."""
+    tr_x, tr_y, te_x, te_y = fashion_mnist.load(expand_root(cfg.root), cfg.root)
+    train_labels = torch.from_numpy(tr_y)
+    keep = train_subset(train_labels, cfg.train_limit)
+    # subset before converting and resizing: the full split at 224 px would be 12 GB
+    train = _resize(torch.from_numpy(tr_x[keep.numpy()]).unsqueeze(1).float() / 255.0,
+                    cfg.image_size)
+    val = _resize(torch.from_numpy(te_x).unsqueeze(1).float() / 255.0, cfg.image_size)
+    mean, std = (float(train.mean()),), (float(train.std()),)
+    return InMemoryData(train, train_labels[keep], val, torch.from_numpy(te_y), mean, std, cfg,
+                        device)
 
 
 class FolderData:
@@ -328,9 +377,10 @@ def load_synthetic_data(cfg: DataConfig, device: torch.device) -> InMemoryData:
     size = cfg.image_size
     train = torch.rand(2048, 3, size, size, generator=g)
     val = torch.rand(512, 3, size, size, generator=g)
-    return InMemoryData(train, torch.randint(0, 10, (2048,), generator=g), val,
-                        torch.randint(0, 10, (512,), generator=g), IMAGENET_MEAN, IMAGENET_STD,
-                        cfg, device)
+    labels = torch.randint(0, 10, (2048,), generator=g)
+    keep = train_subset(labels, cfg.train_limit)
+    return InMemoryData(train[keep], labels[keep], val, torch.randint(0, 10, (512,), generator=g),
+                        IMAGENET_MEAN, IMAGENET_STD, cfg, device)
 
 
 def load_data(cfg: DataConfig, device: torch.device) -> TrainData:
@@ -340,10 +390,14 @@ def load_data(cfg: DataConfig, device: torch.device) -> TrainData:
     if cfg.dataset == "synthetic":
         return load_synthetic_data(cfg, device)
     root = expand_root(cfg.root)
+    if cfg.dataset == "fashion_mnist" and root is None:
+        return load_fashion_mnist_data(cfg, device)  # Debian's folder
     if root is None or not root.is_dir():
         raise ConfigError(f"data.root: {cfg.root!r} is not a directory"
                           + (f" (expanded: {os.fspath(root)!r})" if root else ""),
                           key="data.root")
     if cfg.dataset in ("cifar10", "cifar100"):
         return load_cifar_data(cfg, device)
+    if cfg.dataset == "fashion_mnist":
+        return load_fashion_mnist_data(cfg, device)
     return FolderData(cfg, device)

@@ -19,8 +19,9 @@ refuse a run that fits):
   the head's outputs (K values per crop, several times over for the softmaxes and the loss);
   bf16 under autocast (GPU), fp32 otherwise;
 - evaluation: one no-grad forward of `eval.batch_size` images at `data.image_size`;
-- data: the in-memory data sets (digits, CIFAR, synthetic) at their stored size and their
-  evaluation copies at `data.image_size`, and the augmented crops of one batch.
+- data: the in-memory data sets (digits, Fashion-MNIST, CIFAR, synthetic) at their stored size
+  (their `data.train_limit` images), their evaluation copies at `data.image_size`, and the
+  augmented crops of one batch.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ LIMIT_ENV = "DINO_ABLATE_MAX_MEMORY_GB"
 LARGEST_GPU_GIB = 192
 #: (train images, val images, channels, stored side or None = data.image_size) of the
 #: in-memory data sets, as dino_ablate.data loads them.
-IN_MEMORY = {"digits": (1400, 397, 1, None), "cifar10": (50_000, 10_000, 3, 32),
+IN_MEMORY = {"digits": (1400, 397, 1, None), "fashion_mnist": (60_000, 10_000, 1, None),
+             "cifar10": (50_000, 10_000, 3, 32),
              "cifar100": (50_000, 10_000, 3, 32), "synthetic": (2048, 512, 3, None)}
 GIB = 2**30
 
@@ -128,6 +130,7 @@ def estimate(cfg: RunConfig, world_size: int = 1, device: str = "cpu") -> Memory
     data_bytes = 4 * 3 * local * channels * crop_pixels
     if data.dataset in IN_MEMORY:
         train, val, _, stored = IN_MEMORY[data.dataset]
+        train = min(train, data.train_limit or train)
         side = stored or data.image_size
         bank = min(train, data.knn_train_limit or train)
         query = min(val, data.val_limit or val)
@@ -144,7 +147,8 @@ def estimate(cfg: RunConfig, world_size: int = 1, device: str = "cpu") -> Memory
                        f"model.patch_size {patch}, head.out_dim {cfg.head.out_dim}",
         "evaluation": f"eval.batch_size {cfg.eval.batch_size} images at data.image_size "
                       f"{data.image_size}",
-        "data": f"data.dataset {data.dataset} at data.image_size {data.image_size}",
+        "data": f"data.dataset {data.dataset} at data.image_size {data.image_size}"
+                + (f", data.train_limit {data.train_limit}" if data.train_limit else ""),
     }
     return MemoryEstimate(parameters=params, weights=weights, activations=activations,
                           evaluation=evaluation, data=data_bytes, keys=keys)

@@ -13,7 +13,7 @@ import difflib
 import functools
 import os
 
-from dino_ablate import memory
+from dino_ablate import fashion_mnist, memory
 from dino_ablate.config import RunConfig, expand_root
 from dino_ablate.errors import ConfigError
 from dino_ablate.sweep import Point
@@ -59,21 +59,30 @@ def _ranks_here() -> int:
 
 def check_data_root(cfg: RunConfig, source: str | None) -> None:
     """An image folder or CIFAR root must be an existing directory (as `data.load_data` will
-    open it), named with the config file."""
-    if cfg.data.dataset not in ("imagefolder", "cifar10", "cifar100"):
+    open it), and Fashion-MNIST's folder (data.root; null: Debian's) must hold its four files;
+    the error is named with the config file. What the files hold is checked as they load."""
+    if cfg.data.dataset not in ("imagefolder", "cifar10", "cifar100", "fashion_mnist"):
         return
     try:
-        root = expand_root(cfg.data.root)
+        _check_root(cfg)
     except ConfigError as exc:
         raise ConfigError(str(exc), source=source, key="data.root") from None
-    try:
-        exists = root is not None and root.is_dir()
-    except (OSError, ValueError):
-        exists = False
-    if not exists:
-        raise ConfigError(f"data.root: {cfg.data.root!r} is not a directory"
-                          + (f" (expanded: {os.fspath(root)!r})" if root else ""),
-                          source=source, key="data.root")
+
+
+def _check_root(cfg: RunConfig) -> None:
+    root = expand_root(cfg.data.root)
+    fashion = cfg.data.dataset == "fashion_mnist"
+    if root is not None or not fashion:
+        try:
+            exists = root is not None and root.is_dir()
+        except (OSError, ValueError):
+            exists = False
+        if not exists:
+            raise ConfigError(f"data.root: {cfg.data.root!r} is not a directory"
+                              + (f" (expanded: {os.fspath(root)!r})" if root else ""),
+                              key="data.root")
+    if fashion:
+        fashion_mnist.locate(root, cfg.data.root)
 
 
 def check_train(cfg: RunConfig, world_size: int, source: str | None) -> None:

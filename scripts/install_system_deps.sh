@@ -4,8 +4,10 @@
 #   net     : strace iproute2 util-linux            (check_connects.sh, netns_sandbox.sh)
 #   browser : chromium                              (tests/analysis/test_analysis_report_browser.py;
 #             the largest group by far, ~100 MB with its libraries)
+#   data    : dataset-fashion-mnist                 (data.dataset fashion_mnist: the four idx files
+#             in /usr/share/datasets/fashion-mnist, 30 MB; tests/test_fashion_mnist.py)
 #
-# Usage:  scripts/install_system_deps.sh [slurm|net|browser ...]   (no argument: all groups)
+# Usage:  scripts/install_system_deps.sh [slurm|net|browser|data ...]   (no argument: all groups)
 #
 # Idempotent and quick when everything is present: one dpkg-query, no apt-get at all
 # (about 0.05 s). Only when a package is missing does it run `apt-get update` and
@@ -17,9 +19,10 @@ declare -A GROUPS_PKGS=(
   [slurm]="slurmctld slurmd slurm-client munge"
   [net]="strace iproute2 util-linux"
   [browser]="chromium"
+  [data]="dataset-fashion-mnist"
 )
 groups=("$@")
-[[ ${#groups[@]} -gt 0 ]] || groups=(slurm net browser)
+[[ ${#groups[@]} -gt 0 ]] || groups=(slurm net browser data)
 
 wanted=()
 for g in "${groups[@]}"; do

@@ -40,8 +40,8 @@ def test_keys_that_define_a_run() -> None:
     for key in ("runtime", "runtime.threads", "runtime.deterministic", "data.root",
                 "data.num_workers"):
         assert not identity.defines_run(key), key
-    for key in ("seed", "epochs", "data", "data.dataset", "data.rootx", "teacher.momentum",
-                "eval.knn_k", "eval.every_epochs", "eval.linear_protocol"):
+    for key in ("seed", "epochs", "data", "data.dataset", "data.rootx", "data.train_limit",
+                "teacher.momentum", "eval.knn_k", "eval.every_epochs", "eval.linear_protocol"):
         assert identity.defines_run(key), key
 
 
@@ -56,6 +56,10 @@ def test_the_run_id_hash_is_the_identity() -> None:
     evaluated = _cfg(eval__knn_k=10)
     assert identity.first_difference(base, evaluated) == "eval.knn_k: 20 there, 10 now"
     assert semantic_hash(evaluated) != semantic_hash(base)
+    limited = _cfg(data__train_limit=1000)  # trains on other images: another run
+    assert identity.first_difference(base, limited) == "data.train_limit: None there, 1000 now"
+    assert semantic_hash(limited) != semantic_hash(base)
+    assert semantic_hash(_cfg(data__train_limit=None)) == semantic_hash(base)
 
 
 def test_first_difference_names_the_first_key_in_dotted_order() -> None:

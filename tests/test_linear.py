@@ -118,6 +118,10 @@ def test_pixel_baselines_are_cached_per_data_set(digits, tmp_path, monkeypatch):
                        "eval": {"knn_k": 10}})
     assert baselines.pixel_baselines(other, bank, queries, 10, proto,
                                      torch.device("cpu"))["knn_pixels"] > 0.95
+    for change in ({"train_limit": 700}, {"dataset": "fashion_mnist"}, {"image_size": 8},
+                   {"val_limit": 100}):
+        changed = from_dict({**to_dict(cfg), "data": {**to_dict(cfg)["data"], **change}})
+        assert baselines.cache_key(changed, proto) != baselines.cache_key(cfg, proto), change
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ from dino_ablate.config import RunConfig
 from dino_ablate.sweep import Resources
 
 TRAIN_IMAGES = {"imagefolder": 1_281_167, "cifar10": 50_000, "cifar100": 50_000,
-                "digits": 1_400}
+                "digits": 1_400, "fashion_mnist": 60_000}
 V100_INFERENCE_IM_S = {("vit_small", 16): 1007.0, ("vit_small", 8): 180.0,
                        ("vit_small", 5): 44.0, ("vit_base", 16): 312.0, ("vit_base", 8): 63.0}
 V100_MS_PER_GLOBAL_CROP = 3.44
@@ -108,7 +108,8 @@ class Cost:
 
 
 def estimate(cfg: RunConfig, res: Resources) -> Cost:
-    images = TRAIN_IMAGES.get(cfg.data.dataset, 1_281_167) * cfg.epochs
+    per_epoch = TRAIN_IMAGES.get(cfg.data.dataset, 1_281_167)
+    images = min(per_epoch, cfg.data.train_limit or per_epoch) * cfg.epochs
     if res.gpus_per_node > 0:
         per_image = (2 * crop_seconds_gpu(cfg, cfg.data.global_crop_size)
                      + cfg.data.num_local_crops * crop_seconds_gpu(cfg, cfg.data.local_crop_size))

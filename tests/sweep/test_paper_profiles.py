@@ -48,6 +48,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "data.blur_prob_global": [1.0, 0.1],
     "data.blur_prob_local": 0.5,
     "data.solarize_prob": 0.2,
+    "data.train_limit": None,           # all of ImageNet train
     "data.knn_train_limit": None,       # kNN over all of ImageNet train and val
     "data.val_limit": None,
     "model.arch": "vit_small_patch16_224",
