@@ -35,6 +35,7 @@ def test_every_shipped_sweep_states_claims_valid_for_both_profiles(file: Path,
     assert len({c.id for c in claims}) == len(claims)
     assert all(c.source and c.paper for c in claims)
     assert ASSERTED.get(file.stem, set()) <= {c.id for c in claims}
+    assert "full_dino_learns" in {c.id for c in claims}  # every study checks that DINO learns
     # analysis reads the same claims back from the file, without the sweep loader
     assert read_claims(file, profile) == claims
 
