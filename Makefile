@@ -65,6 +65,7 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/dino-ablate bench digits
 	$(BIN)/dino-ablate bench vits16_cpu_bench --steps 5
+	$(BIN)/python benchmarks/bench_local_step.py
 
 clean:
 	rm -rf $(VENV) $(OUT)
