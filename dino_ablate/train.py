@@ -80,15 +80,22 @@ def check_run_dir(cfg: RunConfig, run_dir: Path) -> RunDir:
     return rd
 
 
+def fused_attention(cfg: RunConfig, device: torch.device) -> bool:
+    """Whether the networks use fused SDPA (`runtime.fused_attention`; auto = on GPU, or above
+    64 tokens): the trainer's choice, which evaluations of its checkpoints repeat, so that their
+    features (and kNN votes) are the same to the last bit."""
+    return cfg.runtime.fused_attention == "on" or (
+        cfg.runtime.fused_attention == "auto"
+        and (device.type == "cuda" or num_tokens(cfg.model, cfg.data.global_crop_size) > 64))
+
+
 def build_state(cfg: RunConfig, channels: int, device: torch.device,
                 autocast_dtype: torch.dtype | None) -> TrainState:
     """Fresh student, teacher (equal weights), optimizer, center and teacher rule."""
     student, teacher = build_networks(cfg.model, cfg.head, cfg.data.global_crop_size, channels)
     student.to(device)
     teacher.to(device)
-    fused = cfg.runtime.fused_attention == "on" or (
-        cfg.runtime.fused_attention == "auto"
-        and (device.type == "cuda" or num_tokens(cfg.model, cfg.data.global_crop_size) > 64))
+    fused = fused_attention(cfg, device)
     set_fused_attention(student, fused)
     set_fused_attention(teacher, fused)
     if cfg.runtime.compile:

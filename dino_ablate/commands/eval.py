@@ -54,11 +54,13 @@ def evaluate_run(run_dir: Path, which: str, wanted: list[str]) -> tuple[dict[str
     from dino_ablate.data import load_data
     from dino_ablate.evaluate import Evaluator
     from dino_ablate.export import open_run_checkpoint
-    from dino_ablate.model import build_networks
-    from dino_ablate.train import pick_device
+    from dino_ablate.model import build_networks, set_fused_attention
+    from dino_ablate.train import fused_attention, pick_device
 
     cfg, _, source, state = open_run_checkpoint(run_dir, which)
     device = pick_device(cfg)
+    if cfg.runtime.threads:  # the trainer's thread count and attention path: same features
+        torch.set_num_threads(cfg.runtime.threads)
     autocast = torch.bfloat16 if device.type == "cuda" and cfg.runtime.precision != "fp32" \
         else None
     data = load_data(cfg.data, device)
@@ -68,6 +70,8 @@ def evaluate_run(run_dir: Path, which: str, wanted: list[str]) -> tuple[dict[str
     teacher.load_state_dict(state["teacher"])
     student.to(device)
     teacher.to(device)
+    for network in (student, teacher):
+        set_fused_attention(network, fused_attention(cfg, device))
     embed_dim = int(teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
     evaluator = Evaluator(cfg, data, embed_dim, device, autocast)
     epoch = int(state["epoch"])
