@@ -203,7 +203,8 @@ def _real_files_or_skip() -> None:
     try:
         fashion_mnist.locate(None, None)
     except ConfigError as exc:
-        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({exc})")
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({exc}); "
+                    "`scripts/install_system_deps.sh data` installs it, as `make test` does")
 
 
 def test_the_debian_files_load() -> None:
