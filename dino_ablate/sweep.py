@@ -28,6 +28,7 @@ from dino_ablate import config as cfgmod
 from dino_ablate import identity, safeload
 from dino_ablate.config import RunConfig
 from dino_ablate.contract.claims import Claim, sweep_claims
+from dino_ablate.contract.points import AXIS_KINDS, read_axes
 from dino_ablate.errors import ConfigError, unknown_key
 from dino_ablate.resources import Resources, _fail, parse_resources
 
@@ -38,7 +39,6 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 TOP_KEYS = ("name", "description", "base", "output_dir", "default_profile", "profiles", "grid",
             "zip", "seeds", "baseline", "point_resources", "reference", "claims")
 #: `grid`, `zip`, `seeds`, `baseline` and `claims` in a profile replace the top-level ones for it.
-AXIS_KINDS = ("grid", "zip", "seeds")
 PROFILE_KEYS = ("config", "resources", *AXIS_KINDS, "baseline", "claims")
 
 
@@ -137,37 +137,6 @@ def _check_axis_key(source: str, where: str, key: Any) -> str:
                           "path of a run-config leaf field, e.g. loss.teacher_temp",
                           source=source, key=f"{where}.{key}")
     return key
-
-
-def _freeze(value: Any) -> Any:
-    """A hashable stand-in for an axis value (lists become tuples) that compares as it does."""
-    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
-
-
-def _holds_mapping(value: Any) -> bool:
-    return isinstance(value, dict) or (isinstance(value, list)
-                                       and any(_holds_mapping(v) for v in value))
-
-
-def _check_axis_values(source: str, path: str, values: Any, unique: bool = True) -> list[Any]:
-    if not isinstance(values, list):
-        raise _fail(source, path, f"{values!r} must be a list of values")
-    if not values:
-        raise _fail(source, path, "empty list; an axis needs at least one value")
-    for i, v in enumerate(values):
-        if _holds_mapping(v):
-            raise _fail(source, f"{path}[{i}]", f"{v!r}: an axis value must be a scalar or a "
-                        "list, not a mapping (vary the leaf keys instead)")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise _fail(source, f"{path}[{i}]", f"{v!r} must be finite")
-    seen: set[str] = set()
-    for i, v in enumerate(values if unique else []):
-        token = json.dumps(v, sort_keys=True)
-        if token in seen:
-            raise _fail(source, f"{path}[{i}]", f"{v!r} appears twice; every point must be "
-                        "distinct")
-        seen.add(token)
-    return values
 
 
 def _match_mapping(source: str, where: str, raw: Any, axis_values: Mapping[str, list[Any]]
@@ -320,93 +289,6 @@ def _base_config(raw: dict[str, Any], file: Path, source: str) -> dict[str, Any]
     raise _fail(source, "base", f"{base!r} must be a config path or a mapping")
 
 
-def _axis_specs(raw: Mapping[str, Any], profile: str) -> dict[str, tuple[bool, Any, str]]:
-    """Per axis kind: (given, value, key path), from the profile where it sets that kind."""
-    pbody = raw["profiles"][profile]
-    specs = {}
-    for kind in AXIS_KINDS:
-        if kind in pbody:
-            specs[kind] = (True, pbody[kind], f"profiles.{profile}.{kind}")
-        else:
-            specs[kind] = (kind in raw, raw.get(kind), kind)
-    return specs
-
-
-def _parse_axes(specs: Mapping[str, tuple[bool, Any, str]], source: str
-                ) -> tuple[list[list[dict[str, Any]]], dict[str, list[Any]]]:
-    """The axes (`grid`, `zip`, `seeds`): per axis, its assignments; and each key's values.
-
-    `specs` gives each axis kind as (given, value, key path), see :func:`_axis_specs`.
-    """
-    axes: list[list[dict[str, Any]]] = []   # each axis: the list of its assignments
-    axis_values: dict[str, list[Any]] = {}
-
-    def claim(key: str, where: str) -> None:
-        if key in axis_values:
-            raise _fail(source, where, f"key {key!r} is already varied by another axis; a key "
-                        "may appear in one axis only")
-
-    given, grid_raw, gpath = specs["grid"]
-    grid = grid_raw or {}
-    if not isinstance(grid, Mapping):
-        raise _fail(source, gpath, f"{grid!r} must be a mapping of config keys to lists")
-    if given and grid_raw is not None and not grid:
-        raise _fail(source, gpath, "empty mapping; remove it or give at least one axis")
-    for key, values in grid.items():
-        key = _check_axis_key(source, gpath, key)
-        claim(key, f"{gpath}.{key}")
-        vals = _check_axis_values(source, f"{gpath}.{key}", values)
-        axis_values[key] = vals
-        axes.append([{key: v} for v in vals])
-
-    _, zip_raw, zpath = specs["zip"]
-    groups: list[Any] = []
-    if zip_raw is not None:
-        groups = [zip_raw] if isinstance(zip_raw, Mapping) else zip_raw
-        if not isinstance(groups, list) or not groups:
-            raise _fail(source, zpath, f"{zip_raw!r} must be a mapping of keys to "
-                        "equal-length lists, or a list of such mappings")
-    for gi, group in enumerate(groups):
-        where = f"{zpath}[{gi}]" if isinstance(zip_raw, list) else zpath
-        if not isinstance(group, Mapping) or not group:
-            raise _fail(source, where, f"{group!r} must be a non-empty mapping of keys to lists")
-        lengths: dict[str, int] = {}
-        for key, values in group.items():
-            key = _check_axis_key(source, where, key)
-            claim(key, f"{where}.{key}")
-            vals = _check_axis_values(source, f"{where}.{key}", values, unique=False)
-            distinct: dict[Any, Any] = {}
-            for v in vals:  # equal values (1 and 1.0 too) once, in order, in linear time
-                distinct.setdefault(_freeze(v), v)
-            axis_values[key] = list(distinct.values())
-            lengths[key] = len(vals)
-        if len(set(lengths.values())) > 1:
-            raise _fail(source, where, "zipped axes must have the same length; got " + ", ".join(
-                f"{k}: {n}" for k, n in lengths.items()))
-        n = next(iter(lengths.values()))
-        first_at: dict[str, int] = {}
-        for i in range(n):
-            row = json.dumps([group[k][i] for k in group], sort_keys=True)
-            if row in first_at:
-                raise _fail(source, where, f"entry {i} repeats entry {first_at[row]} "
-                            f"({row}); every point must be distinct")
-            first_at[row] = i
-        axes.append([{k: group[k][i] for k in group} for i in range(n)])
-
-    _, seeds, spath = specs["seeds"]
-    if seeds is not None:
-        if "seed" in axis_values:
-            raise _fail(source, spath, "`seed` is already varied by another axis")
-        seeds = _check_axis_values(source, spath, seeds)
-        for i, s in enumerate(seeds):
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise _fail(source, f"{spath}[{i}]", f"{s!r} must be an integer >= 0")
-        axis_values["seed"] = seeds
-        axes.append([{"seed": s} for s in seeds])
-
-    return axes, axis_values
-
-
 def _union_values(per_profile: Mapping[str, Mapping[str, list[Any]]],
                   profiles: Sequence[str] | None = None) -> dict[str, list[Any]]:
     """Each axis key's values over the given profiles (all when None), first seen first.
@@ -501,7 +383,7 @@ def plan_sweep(file: Path | str, profile: str | None = None, *,
 
     profiles_raw = _check_profiles(raw, source)
     # Every profile's axes are checked whichever profile is expanded, as the top-level ones are.
-    profile_axes = {pname: _parse_axes(_axis_specs(raw, pname), source)
+    profile_axes = {pname: read_axes(raw, pname, source, _check_axis_key)
                     for pname in profiles_raw}
     all_values = {pname: values for pname, (_, values) in profile_axes.items()}
     profile = _choose_profile(raw, profiles_raw, profile, source)

@@ -6,9 +6,8 @@ a zip row, `{"seed": 0}`). A selector (`match:`) maps axis keys to values; it se
 points whose values agree. Claims aggregate the seeds of a point, so a claim's point is a
 selector that fixes one entry of every axis but the seeds.
 
-`dino_ablate/sweep.py` validates the axes and passes them in; `analysis/` (which may not import
-the sweep loader) reads them back from the sweep file with :func:`profile_axes`, the same
-extraction without the run-config checks (a test checks both agree on every shipped file).
+:func:`read_axes` is the one reader of a profile's axes: the sweep loader calls it with its
+run-config key check, `analysis/` (which may not import the sweep loader) without it.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import difflib
 import itertools
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dino_ablate.errors import ConfigError
@@ -42,52 +41,134 @@ def show(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# reading the axes back from a sweep mapping
+# reading the axes from a sweep mapping (the one reader: the sweep loader passes its config-key
+# check, analysis reads them back without it)
+
+#: `check_key(source, where, key)`: the key, or a ConfigError when it names no config leaf
+KeyCheck = Callable[[str, str, Any], str]
 
 
-def profile_axes(raw: Mapping[str, Any], profile: str, source: str) -> Axes:
-    """The axes of `profile` in the sweep mapping `raw` (the profile's own `grid`/`zip`/
-    `seeds` replace the top-level ones; `null` removes a kind). Shapes only: the run-config
-    checks of each key and value are the sweep loader's."""
+def _any_key(source: str, where: str, key: Any) -> str:
+    return str(key)
+
+
+def profile_axes(raw: Mapping[str, Any], profile: str, source: str,
+                 check_key: KeyCheck = _any_key) -> Axes:
+    """The axes of `profile` in the sweep mapping `raw`, see :func:`read_axes`."""
+    return read_axes(raw, profile, source, check_key)[0]
+
+
+def read_axes(raw: Mapping[str, Any], profile: str, source: str,
+              check_key: KeyCheck = _any_key) -> tuple[Axes, dict[str, list[Any]]]:
+    """The axes (`grid` keys, `zip` groups, `seeds`) of `profile` in the sweep mapping `raw`,
+    each the list of its assignments, and each key's distinct values. The profile's own
+    `grid`/`zip`/`seeds` replace the top-level ones; `null` removes a kind. Every shape is
+    checked here; whether a key names a run-config field is `check_key`'s business."""
     body = raw["profiles"][profile]
+    specs = {kind: (True, body[kind], f"profiles.{profile}.{kind}") if kind in body
+             else (kind in raw, raw.get(kind), kind) for kind in AXIS_KINDS}
     axes: Axes = []
-    for kind in AXIS_KINDS:
-        where = f"profiles.{profile}.{kind}" if kind in body else kind
-        value = body[kind] if kind in body else raw.get(kind)
-        if value is None:
-            continue
-        if kind == "grid":
-            if not isinstance(value, Mapping):
-                raise fail(source, where, f"{value!r} must be a mapping of config keys to lists")
-            for key, values in value.items():
-                axes.append([{str(key): v} for v in _values(source, f"{where}.{key}", values)])
-        elif kind == "zip":
-            groups = [value] if isinstance(value, Mapping) else value
-            if not isinstance(groups, list):
-                raise fail(source, where, f"{value!r} must be a mapping of keys to lists, or "
-                           "a list of such mappings")
-            for index, group in enumerate(groups):
-                axes.append(_zip_axis(source, f"{where}[{index}]" if isinstance(value, list)
-                                      else where, group))
-        else:
-            axes.append([{SEED: s} for s in _values(source, where, value)])
-    return axes
+    values: dict[str, list[Any]] = {}
+
+    def take(key: Any, where: str) -> str:
+        key = check_key(source, where, key)
+        if key in values:
+            raise fail(source, f"{where}.{key}", f"key {key!r} is already varied by another "
+                       "axis; a key may appear in one axis only")
+        return key
+
+    given, grid_raw, gpath = specs["grid"]
+    grid = grid_raw or {}
+    if not isinstance(grid, Mapping):
+        raise fail(source, gpath, f"{grid!r} must be a mapping of config keys to lists")
+    if given and grid_raw is not None and not grid:
+        raise fail(source, gpath, "empty mapping; remove it or give at least one axis")
+    for key, entries in grid.items():
+        key = take(key, gpath)
+        values[key] = axis_list(source, f"{gpath}.{key}", entries)
+        axes.append([{key: v} for v in values[key]])
+
+    _, zip_raw, zpath = specs["zip"]
+    groups: list[Any] = []
+    if zip_raw is not None:
+        groups = [zip_raw] if isinstance(zip_raw, Mapping) else zip_raw
+        if not isinstance(groups, list) or not groups:
+            raise fail(source, zpath, f"{zip_raw!r} must be a mapping of keys to "
+                       "equal-length lists, or a list of such mappings")
+    for index, group in enumerate(groups):
+        where = f"{zpath}[{index}]" if isinstance(zip_raw, list) else zpath
+        axes.append(_zip_axis(source, where, group, take, values))
+
+    _, seeds, spath = specs["seeds"]
+    if seeds is not None:
+        if SEED in values:
+            raise fail(source, spath, "`seed` is already varied by another axis")
+        seeds = axis_list(source, spath, seeds)
+        for i, s in enumerate(seeds):
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise fail(source, f"{spath}[{i}]", f"{s!r} must be an integer >= 0")
+        values[SEED] = seeds
+        axes.append([{SEED: s} for s in seeds])
+    return axes, values
 
 
-def _values(source: str, where: str, values: Any) -> list[Any]:
-    if not isinstance(values, list) or not values:
-        raise fail(source, where, f"{values!r} must be a non-empty list of values")
-    return values
-
-
-def _zip_axis(source: str, where: str, group: Any) -> Axis:
+def _zip_axis(source: str, where: str, group: Any, take: Callable[[Any, str], str],
+              values: dict[str, list[Any]]) -> Axis:
     if not isinstance(group, Mapping) or not group:
         raise fail(source, where, f"{group!r} must be a non-empty mapping of keys to lists")
-    columns = {str(k): _values(source, f"{where}.{k}", v) for k, v in group.items()}
-    lengths = {len(v) for v in columns.values()}
-    if len(lengths) > 1:
-        raise fail(source, where, "zipped axes must have the same length")
-    return [{k: v[i] for k, v in columns.items()} for i in range(lengths.pop())]
+    lengths: dict[str, int] = {}
+    for key, entries in group.items():
+        key = take(key, where)
+        column = axis_list(source, f"{where}.{key}", entries, unique=False)
+        distinct: dict[Any, Any] = {}
+        for v in column:  # equal values (1 and 1.0 too) once, in order, in linear time
+            distinct.setdefault(_freeze(v), v)
+        values[key] = list(distinct.values())
+        lengths[key] = len(column)
+    if len(set(lengths.values())) > 1:
+        raise fail(source, where, "zipped axes must have the same length; got " + ", ".join(
+            f"{k}: {n}" for k, n in lengths.items()))
+    n = next(iter(lengths.values()))
+    first_at: dict[str, int] = {}
+    for i in range(n):
+        row = json.dumps([group[k][i] for k in group], sort_keys=True)
+        if row in first_at:
+            raise fail(source, where, f"entry {i} repeats entry {first_at[row]} ({row}); "
+                       "every point must be distinct")
+        first_at[row] = i
+    return [{str(k): group[k][i] for k in group} for i in range(n)]
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for an axis value (lists become tuples) that compares as it does."""
+    return tuple(_freeze(v) for v in value) if isinstance(value, list) else value
+
+
+def _holds_mapping(value: Any) -> bool:
+    return isinstance(value, dict) or (isinstance(value, list)
+                                       and any(_holds_mapping(v) for v in value))
+
+
+def axis_list(source: str, path: str, values: Any, unique: bool = True) -> list[Any]:
+    """An axis's values: a non-empty list of finite scalars or lists (distinct if `unique`)."""
+    if not isinstance(values, list):
+        raise fail(source, path, f"{values!r} must be a list of values")
+    if not values:
+        raise fail(source, path, "empty list; an axis needs at least one value")
+    for i, v in enumerate(values):
+        if _holds_mapping(v):
+            raise fail(source, f"{path}[{i}]", f"{v!r}: an axis value must be a scalar or a "
+                       "list, not a mapping (vary the leaf keys instead)")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise fail(source, f"{path}[{i}]", f"{v!r} must be finite")
+    seen: set[str] = set()
+    for i, v in enumerate(values if unique else []):
+        token = json.dumps(v, sort_keys=True)
+        if token in seen:
+            raise fail(source, f"{path}[{i}]", f"{v!r} appears twice; every point must be "
+                       "distinct")
+        seen.add(token)
+    return values
 
 
 def profile_names(raw: Mapping[str, Any], source: str) -> tuple[str, ...]:

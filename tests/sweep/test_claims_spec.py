@@ -10,7 +10,7 @@ import pytest
 
 from dino_ablate.contract.claims import KINDS, ConfigError, read_claims, sweep_claims
 from dino_ablate.contract.points import profile_axes
-from dino_ablate.sweep import _axis_specs, _parse_axes, plan_sweep, read_sweep_file
+from dino_ablate.sweep import plan_sweep, read_sweep_file
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = sorted(f for f in (ROOT / "sweeps").glob("*.yaml") if f.stem != "local_smoke")
@@ -47,11 +47,11 @@ def test_every_kind_is_used_by_a_shipped_sweep() -> None:
 
 @pytest.mark.parametrize("file", sorted((ROOT / "sweeps").glob("*.yaml")),
                          ids=lambda f: f.stem)
-def test_the_contract_reads_the_axes_as_the_sweep_loader_does(file: Path) -> None:
+def test_analysis_reads_the_axes_the_sweep_loader_expands(file: Path) -> None:
     raw = read_sweep_file(file)
     for profile in raw["profiles"]:
-        parsed, _ = _parse_axes(_axis_specs(raw, profile), str(file))
-        assert profile_axes(raw, profile, str(file)) == parsed
+        planned = [list(axis) for axis in plan_sweep(file, profile).axes]
+        assert profile_axes(raw, profile, str(file)) == planned
 
 
 def test_monotone_follows_each_profiles_own_axis_in_ascending_order() -> None:
