@@ -54,6 +54,21 @@ def metrics_epochs(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in lines if line.strip()]
 
 
+def wait_for_run_epoch(sweep_dir: Path, driver: subprocess.Popen[str], epoch: int,
+                       timeout: float) -> Path:
+    """The sweep's (only) run directory once its metrics reach `epoch`; fails if the
+    driver process exits first (with its output) or on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = sorted((sweep_dir / "runs").glob("*")) if (sweep_dir / "runs").exists() else []
+        if runs and (runs[0] / "metrics.jsonl").exists() \
+                and len(metrics_epochs(runs[0])) >= epoch:
+            return runs[0]
+        assert driver.poll() is None, driver.communicate()[0]
+        time.sleep(0.5)
+    raise AssertionError(f"the trial never reached epoch {epoch} in {timeout} s")
+
+
 def one_point_sweep(path: Path, name: str, epochs: int, tasks: int = 1) -> Path:
     """A single-point variant of local_smoke's `local` profile with more epochs."""
     raw = yaml.safe_load(LOCAL_SMOKE.read_text())

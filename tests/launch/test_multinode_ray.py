@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launch_helpers import ROOT, cli, metrics_epochs
+from launch_helpers import ROOT, cli, metrics_epochs, wait_for_run_epoch
 from multinode_helpers import assert_same_training, one_process_twin, tiny_sweep
 
 pytestmark = [pytest.mark.multinode, pytest.mark.ray, pytest.mark.slow]
@@ -92,17 +92,7 @@ def test_lost_worker_host_resumes_from_checkpoint(ray_two_nodes: Any, tmp_path: 
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sweep_dir = out / "mn_raykill" / "local"
     try:
-        deadline = time.monotonic() + 600
-        run_dir = None
-        while time.monotonic() < deadline:
-            runs = list((sweep_dir / "runs").glob("*")) if (sweep_dir / "runs").exists() else []
-            if runs and (runs[0] / "metrics.jsonl").exists() \
-                    and len(metrics_epochs(runs[0])) >= 3:
-                run_dir = runs[0]
-                break
-            assert driver.poll() is None, driver.communicate()[0]
-            time.sleep(0.5)
-        assert run_dir is not None, "the trial never reached epoch 3"
+        run_dir = wait_for_run_epoch(sweep_dir, driver, 3, 600)
         ranks = _rank_pids(run_dir)
         assert len(ranks) == 2, ranks  # one per host
         ray_two_nodes.kill_worker_raylet()

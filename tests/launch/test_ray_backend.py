@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launch_helpers import LOCAL_SMOKE, cli, metrics_epochs, status
+from launch_helpers import LOCAL_SMOKE, cli, metrics_epochs, status, wait_for_run_epoch
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -91,17 +91,7 @@ def test_killed_trial_worker_retries_from_checkpoint(ray_cluster: Any, tmp_path:
                               stderr=subprocess.STDOUT, text=True)
     sweep_dir = out / "raykill" / "local"
     try:
-        deadline = time.monotonic() + 300
-        run_dir = None
-        while time.monotonic() < deadline:
-            runs = list((sweep_dir / "runs").glob("*")) if (sweep_dir / "runs").exists() else []
-            if runs and (runs[0] / "metrics.jsonl").exists() \
-                    and len(metrics_epochs(runs[0])) >= 3:
-                run_dir = runs[0]
-                break
-            assert driver.poll() is None, driver.communicate()[0]
-            time.sleep(0.5)
-        assert run_dir is not None, "the trial never reached epoch 3"
+        run_dir = wait_for_run_epoch(sweep_dir, driver, 3, 300)
         ranks = _pids_with(str(run_dir))
         assert len(ranks) == 1, ranks
         (rank, worker), = ranks.items()
