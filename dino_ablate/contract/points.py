@@ -52,10 +52,9 @@ def _any_key(source: str, where: str, key: Any) -> str:
     return str(key)
 
 
-def profile_axes(raw: Mapping[str, Any], profile: str, source: str,
-                 check_key: KeyCheck = _any_key) -> Axes:
+def profile_axes(raw: Mapping[str, Any], profile: str, source: str) -> Axes:
     """The axes of `profile` in the sweep mapping `raw`, see :func:`read_axes`."""
-    return read_axes(raw, profile, source, check_key)[0]
+    return read_axes(raw, profile, source)[0]
 
 
 def read_axes(raw: Mapping[str, Any], profile: str, source: str,
@@ -65,8 +64,8 @@ def read_axes(raw: Mapping[str, Any], profile: str, source: str,
     `grid`/`zip`/`seeds` replace the top-level ones; `null` removes a kind. Every shape is
     checked here; whether a key names a run-config field is `check_key`'s business."""
     body = raw["profiles"][profile]
-    specs = {kind: (True, body[kind], f"profiles.{profile}.{kind}") if kind in body
-             else (kind in raw, raw.get(kind), kind) for kind in AXIS_KINDS}
+    specs = {kind: (body[kind], f"profiles.{profile}.{kind}") if kind in body
+             else (raw.get(kind), kind) for kind in AXIS_KINDS}
     axes: Axes = []
     values: dict[str, list[Any]] = {}
 
@@ -77,18 +76,18 @@ def read_axes(raw: Mapping[str, Any], profile: str, source: str,
                        "axis; a key may appear in one axis only")
         return key
 
-    given, grid_raw, gpath = specs["grid"]
+    grid_raw, gpath = specs["grid"]
     grid = grid_raw or {}
     if not isinstance(grid, Mapping):
         raise fail(source, gpath, f"{grid!r} must be a mapping of config keys to lists")
-    if given and grid_raw is not None and not grid:
+    if grid_raw is not None and not grid:
         raise fail(source, gpath, "empty mapping; remove it or give at least one axis")
     for key, entries in grid.items():
         key = take(key, gpath)
         values[key] = axis_list(source, f"{gpath}.{key}", entries)
         axes.append([{key: v} for v in values[key]])
 
-    _, zip_raw, zpath = specs["zip"]
+    zip_raw, zpath = specs["zip"]
     groups: list[Any] = []
     if zip_raw is not None:
         groups = [zip_raw] if isinstance(zip_raw, Mapping) else zip_raw
@@ -99,7 +98,7 @@ def read_axes(raw: Mapping[str, Any], profile: str, source: str,
         where = f"{zpath}[{index}]" if isinstance(zip_raw, list) else zpath
         axes.append(_zip_axis(source, where, group, take, values))
 
-    _, seeds, spath = specs["seeds"]
+    seeds, spath = specs["seeds"]
     if seeds is not None:
         if SEED in values:
             raise fail(source, spath, "`seed` is already varied by another axis")
