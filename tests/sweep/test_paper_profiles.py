@@ -293,11 +293,36 @@ def test_paper_images_per_gpu_follow_the_paper() -> None:
     assert per_gpu[("batch_size", "batch_size-512")] == 64
 
 
-#: Local profiles with their own axes (`profiles.local.grid`): point i stands for paper point i.
-LOCAL_AXES = {
-    "batch_size": {"optim.batch_size": [32, 64, 128, 256]},   # the paper's / 4 (digits scale)
-    "patch_size": {"model.patch_size": [8, 4, 2]},            # 4 / 16 / 64 tokens on 16 px
+#: Local profiles with their own axes (`profiles.local.grid` / `zip`): point i stands for paper
+#: point i. The paper's values keep their ratio to the paper's default, applied to the digits
+#: recipe's default (docs/sweeps.md, "Per-profile axes").
+LOCAL_AXES: dict[str, list[dict[str, Any]]] = {
+    # the paper's / 4 (the same ratio of batch to data set)
+    "batch_size": [{"optim.batch_size": b} for b in (32, 64, 128, 256)],
+    # 4 / 16 / 64 tokens on 16 px (the paper's ordering of tokens per crop)
+    "patch_size": [{"model.patch_size": p} for p in (8, 4, 2)],
+    # the paper's / 4 (its default warm-up starts at 0.04, digits.yaml holds 0.01)
+    "teacher_temperature": [
+        {"loss.teacher_temp": t, "loss.warmup_teacher_temp": w,
+         "loss.warmup_teacher_temp_epochs": e}
+        for t, w, e in ((0.005, 0.005, 0), (0.01, 0.01, 0), (0.015, 0.015, 0),
+                        (0.02, 0.02, 0), (0.0175, 0.01, 30))],
+    # the paper's / 256 (65536 there, 256 in digits.yaml)
+    "output_dim": [{"head.out_dim": k} for k in (4, 16, 64, 256, 1024)],
 }
+#: Where the local axis is the paper's times one factor (every varied value but epoch counts).
+LOCAL_FACTOR = {"batch_size": 1 / 4, "teacher_temperature": 1 / 4, "output_dim": 1 / 256}
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL_FACTOR))
+def test_local_axis_is_the_papers_scaled_by_one_factor(name: str) -> None:
+    local, paper = _sweep(name, "local"), _sweep(name, "paper")
+    assert len(local.points) == len(paper.points)
+    for lp, pp in zip(local.points, paper.points, strict=True):
+        assert lp.varied.keys() == pp.varied.keys()
+        for key, value in pp.varied.items():
+            expected = value if key.endswith("_epochs") else value * LOCAL_FACTOR[name]
+            assert lp.varied[key] == pytest.approx(expected), (name, key)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -305,8 +330,7 @@ def test_local_profile_runs_the_same_points_on_the_unchanged_digits_recipe(name:
     digits = _flat(cfgmod.to_dict(cfgmod.load_config("digits")))
     local, paper = _sweep(name, "local"), _sweep(name, "paper")
     if name in LOCAL_AXES:
-        ((key, values),) = LOCAL_AXES[name].items()
-        assert [p.varied for p in local.points] == [{key: v} for v in values]
+        assert [p.varied for p in local.points] == LOCAL_AXES[name]
         assert len(local.baseline) == 1
         assert [p.run_id for p in local.points].index(local.baseline[0]) == \
             [p.run_id for p in paper.points].index(paper.baseline[0])
