@@ -314,15 +314,29 @@ LOCAL_AXES: dict[str, list[dict[str, Any]]] = {
 LOCAL_FACTOR = {"batch_size": 1 / 4, "teacher_temperature": 1 / 4, "output_dim": 1 / 256}
 
 
+def _axis_points(sweep: Sweep) -> list[dict[str, Any]]:
+    """The points' varied values but for the seeds, each point once, in sweep order."""
+    out: list[dict[str, Any]] = []
+    for p in sweep.points:
+        varied = {k: v for k, v in p.varied.items() if k != "seed"}
+        if varied not in out:
+            out.append(varied)
+    return out
+
+
+def _point_of(sweep: Sweep, run_id: str) -> dict[str, Any]:
+    return {k: v for k, v in sweep.point(run_id).varied.items() if k != "seed"}
+
+
 @pytest.mark.parametrize("name", sorted(LOCAL_FACTOR))
 def test_local_axis_is_the_papers_scaled_by_one_factor(name: str) -> None:
-    local, paper = _sweep(name, "local"), _sweep(name, "paper")
-    assert len(local.points) == len(paper.points)
-    for lp, pp in zip(local.points, paper.points, strict=True):
-        assert lp.varied.keys() == pp.varied.keys()
-        for key, value in pp.varied.items():
+    local, paper = _axis_points(_sweep(name, "local")), _axis_points(_sweep(name, "paper"))
+    assert len(local) == len(paper)
+    for lp, pp in zip(local, paper, strict=True):
+        assert lp.keys() == pp.keys()
+        for key, value in pp.items():
             expected = value if key.endswith("_epochs") else value * LOCAL_FACTOR[name]
-            assert lp.varied[key] == pytest.approx(expected), (name, key)
+            assert lp[key] == pytest.approx(expected), (name, key)
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -330,12 +344,13 @@ def test_local_profile_runs_the_same_points_on_the_unchanged_digits_recipe(name:
     digits = _flat(cfgmod.to_dict(cfgmod.load_config("digits")))
     local, paper = _sweep(name, "local"), _sweep(name, "paper")
     if name in LOCAL_AXES:
-        assert [p.varied for p in local.points] == LOCAL_AXES[name]
-        assert len(local.baseline) == 1
-        assert [p.run_id for p in local.points].index(local.baseline[0]) == \
-            [p.run_id for p in paper.points].index(paper.baseline[0])
+        assert _axis_points(local) == LOCAL_AXES[name]
+        # the baseline is the local point standing for the paper's baseline (its seeds)
+        base = _axis_points(paper).index(_point_of(paper, paper.baseline[0]))
+        assert {_point_of(local, run_id) == LOCAL_AXES[name][base]
+                for run_id in local.baseline} == {True}
     else:
-        assert [p.varied for p in local.points] == [p.varied for p in paper.points]
+        assert _axis_points(local) == _axis_points(paper)
     epochs = {p.config.epochs for p in local.points}
     assert len(epochs) == 1, "every point of a study trains equally long"
     for point in local.points:
@@ -353,7 +368,10 @@ def test_local_profile_runs_the_same_points_on_the_unchanged_digits_recipe(name:
         # the reservation (Ray sets OMP_NUM_THREADS to cpus_per_task)
         threads = actual["runtime.threads"]
         assert threads is None or threads <= res.tasks * res.cpus_per_task
-    for local_point, paper_point in zip(local.points, paper.points, strict=True):
+    # every seed of local point i carries paper point i's reference numbers
+    local_axis = _axis_points(local)
+    for local_point in local.points:
+        paper_point = paper.points[local_axis.index(_point_of(local, local_point.run_id))]
         assert local_point.reference == paper_point.reference, local_point.run_id
 
 
