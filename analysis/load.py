@@ -269,7 +269,9 @@ def _epoch_frame(
 
 def assemble(layout: SweepLayout, runs: Sequence[RunData]) -> SweepResults:
     """Build a :class:`SweepResults` from parsed runs, in ``layout`` order."""
-    varied_keys = _unique_keys([run.varied for run in runs])
+    # A sweep's `seeds` axis puts `seed` into run.json's `varied` (sweep.py); it is the `seed`
+    # column of both frames, never a point key: the seeds of a point are aggregated.
+    varied_keys = [k for k in _unique_keys([run.varied for run in runs]) if k != "seed"]
     ref_keys = _unique_keys([run.reference for run in runs])
     run_ids = [run.run_id for run in runs]
     baseline = layout.named_baseline

@@ -48,6 +48,27 @@ def test_difference_to_baseline(table: AblationTable) -> None:
     assert _row(table, "previous_epoch")["delta_baseline"] == pytest.approx(52.0 - 72.0)
 
 
+def test_a_seeds_axis_in_varied_is_aggregated_not_a_point_key(tmp_path: Path) -> None:
+    """The launchers write a `seeds` axis into run.json's `varied` (`{"head.out_dim": 4,
+    "seed": 1}`): the table still has one row per point, its seeds aggregated (this crashed:
+    "cannot insert seed, already exists")."""
+    runs = [{"run_id": f"k{k}_seed-{seed}", "varied": {"head.out_dim": k, "seed": seed},
+             "seed": seed, "records": synth.make_records(3, knn_teacher_final=final)}
+            for k, finals in ((4, (0.70, 0.72, 0.74)), (16, (0.60, 0.60, 0.66)))
+            for seed, final in enumerate(finals)]
+    sweep = load_results(synth.write_sweep(tmp_path / "s", runs))
+    assert sweep.varied_keys == ("head.out_dim",)
+    assert sweep.runs["seed"].tolist() == [0, 1, 2, 0, 1, 2]
+    frame = build_table(sweep).frame.set_index("head.out_dim")
+    assert frame.index.tolist() == [4, 16]
+    assert frame.loc[4, "teacher_knn_mean"] == pytest.approx(72.0)
+    assert frame.loc[4, "teacher_knn_std"] == pytest.approx(2.0)
+    assert frame.loc[16, "teacher_knn_mean"] == pytest.approx(62.0)
+    assert frame.loc[16, "teacher_knn_std"] == pytest.approx(12 ** 0.5)
+    assert frame.loc[16, "seeds"] == "0,1,2"
+    assert "72.00 ± 2.00" in to_markdown(build_table(sweep))
+
+
 def test_named_baseline_moves_the_reference(tmp_path: Path) -> None:
     runs = [{"run_id": f"p{index}", "varied": {"optim.batch_size": size},
              "records": synth.make_records(3, knn_teacher_final=final)}
