@@ -294,14 +294,14 @@ def test_paper_images_per_gpu_follow_the_paper() -> None:
 
 
 #: Local profiles with their own axes (`profiles.local.grid` / `zip`): point i stands for paper
-#: point i. The paper's values keep their ratio to the paper's default, applied to the digits
-#: recipe's default (docs/sweeps.md, "Per-profile axes").
+#: point i: the paper's values scaled by one factor per axis (docs/sweeps.md, "Per-profile
+#: axes").
 LOCAL_AXES: dict[str, list[dict[str, Any]]] = {
     # the paper's / 4 (the same ratio of batch to data set)
     "batch_size": [{"optim.batch_size": b} for b in (32, 64, 128, 256)],
     # 4 / 16 / 64 tokens on 16 px (the paper's ordering of tokens per crop)
     "patch_size": [{"model.patch_size": p} for p in (8, 4, 2)],
-    # the paper's / 4 (its default warm-up starts at 0.04, digits.yaml holds 0.01)
+    # the paper's / 4 (its fixed 0.04 against digits.yaml's 0.01)
     "teacher_temperature": [
         {"loss.teacher_temp": t, "loss.warmup_teacher_temp": w,
          "loss.warmup_teacher_temp_epochs": e}
