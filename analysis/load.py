@@ -36,6 +36,7 @@ from analysis.cache import CacheContent, fingerprint, read_cache, sweep_fingerpr
 from analysis.parallel import read_runs
 from analysis.run_reader import RunData
 from analysis.sweepdir import SweepLayout, locate
+from dino_ablate.contract.points import SEED
 
 #: Run-level columns of ``SweepResults.runs`` besides the varied keys and ``ref_*``.
 RUN_COLUMNS: tuple[str, ...] = (
@@ -271,7 +272,7 @@ def assemble(layout: SweepLayout, runs: Sequence[RunData]) -> SweepResults:
     """Build a :class:`SweepResults` from parsed runs, in ``layout`` order."""
     # A sweep's `seeds` axis puts `seed` into run.json's `varied` (sweep.py); it is the `seed`
     # column of both frames, never a point key: the seeds of a point are aggregated.
-    varied_keys = [k for k in _unique_keys([run.varied for run in runs]) if k != "seed"]
+    varied_keys = [k for k in _unique_keys([run.varied for run in runs]) if k != SEED]
     ref_keys = _unique_keys([run.reference for run in runs])
     run_ids = [run.run_id for run in runs]
     baseline = layout.named_baseline

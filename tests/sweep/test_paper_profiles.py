@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from dino_ablate import config as cfgmod
+from dino_ablate.contract.points import SEED
 from dino_ablate.launch.cost import estimate
 from dino_ablate.sweep import Sweep, load_sweep
 
@@ -314,18 +315,18 @@ LOCAL_AXES: dict[str, list[dict[str, Any]]] = {
 LOCAL_FACTOR = {"batch_size": 1 / 4, "teacher_temperature": 1 / 4, "output_dim": 1 / 256}
 
 
+def _point_of(sweep: Sweep, run_id: str) -> dict[str, Any]:
+    """The varied values of run `run_id` but for its seed."""
+    return {k: v for k, v in sweep.point(run_id).varied.items() if k != SEED}
+
+
 def _axis_points(sweep: Sweep) -> list[dict[str, Any]]:
     """The points' varied values but for the seeds, each point once, in sweep order."""
     out: list[dict[str, Any]] = []
-    for p in sweep.points:
-        varied = {k: v for k, v in p.varied.items() if k != "seed"}
+    for varied in (_point_of(sweep, p.run_id) for p in sweep.points):
         if varied not in out:
             out.append(varied)
     return out
-
-
-def _point_of(sweep: Sweep, run_id: str) -> dict[str, Any]:
-    return {k: v for k, v in sweep.point(run_id).varied.items() if k != "seed"}
 
 
 @pytest.mark.parametrize("name", sorted(LOCAL_FACTOR))
