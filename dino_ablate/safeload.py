@@ -139,6 +139,12 @@ StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_bou
 for _tag in ("timestamp", "binary", "set", "omap", "pairs"):
     StrictLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", StrictLoader.construct_refused)
 
+#: YAML 1.2 floats that YAML 1.1 (PyYAML) reads as strings: an exponent without a dot (`8e-3`,
+#: `1E5`) or with a dot but no sign in the exponent (`1.0e5`). `--set optim.lr=8e-3` means a number.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT,
+                                   list("-+0123456789."))
+
 
 def _check_expansion(root: yaml.Node) -> None:
     """Refuse a document whose aliases expand it beyond MAX_NODES nodes or MAX_DEPTH levels,

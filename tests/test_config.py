@@ -59,6 +59,15 @@ def test_override_parsing() -> None:
     assert cfg.loss.sharpening is False
 
 
+def test_exponent_without_a_dot_is_a_number() -> None:
+    """YAML 1.1 reads `8e-3` as a string; a user writing `--set optim.lr=8e-3` means 0.008."""
+    cfg = load_config("digits", ["optim.lr=8e-3", "optim.weight_decay=4E-2",
+                                 "loss.teacher_temp=1.5e-2"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.loss.teacher_temp) == (0.008, 0.04, 0.015)
+    with pytest.raises(ConfigError, match="must be a number"):
+        load_config("digits", ["optim.lr=8e"])
+
+
 def test_unknown_shipped_name() -> None:
     with pytest.raises(ConfigError, match="did you mean 'digits'"):
         load_config("digit")
@@ -83,5 +92,5 @@ def test_cli_batch_not_divisible_by_world(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "dino_ablate", "train", "digits", "--out",
                           str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2
-    assert "optim.batch_size: 64 is not divisible by the world size 3" in res.stderr
+    assert "optim.batch_size: 16 is not divisible by the world size 3" in res.stderr
     assert not out.exists()

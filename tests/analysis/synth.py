@@ -88,7 +88,9 @@ def make_records(
                 "momentum": 0.996,
                 "teacher_temp": 0.04,
                 "teacher_entropy": entropy,
-                "teacher_batch_entropy": min(ln_k, entropy + 1.0),
+                # one-dim collapse: every image on the same dimension, so the batch mean too
+                "teacher_batch_entropy": (entropy if collapse == "one-dim" and epoch >= collapse_at
+                                          else min(ln_k, entropy + 1.0)),
                 "kl_teacher_student": kl,
                 "knn_teacher": knn_teacher_final * scale,
                 "knn_student": knn_student_final * scale,

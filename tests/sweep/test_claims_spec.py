@@ -56,7 +56,7 @@ def test_analysis_reads_the_axes_the_sweep_loader_expands(file: Path) -> None:
 
 def test_monotone_follows_each_profiles_own_axis_in_ascending_order() -> None:
     file = ROOT / "sweeps" / "patch_size.yaml"
-    for profile, sizes in (("paper", [5, 8, 16]), ("local", [2, 4, 8])):
+    for profile, sizes in (("paper", [5, 8, 16]), ("local", [2, 4])):
         [claim] = [c for c in plan_sweep(file, profile).claims
                    if c.id == "knn_rises_as_patch_shrinks"]
         assert [p["model.patch_size"] for p in claim.points] == sizes
@@ -66,7 +66,7 @@ def test_monotone_follows_each_profiles_own_axis_in_ascending_order() -> None:
 def test_flat_without_points_ranges_over_every_point() -> None:
     file = ROOT / "sweeps" / "batch_size.yaml"
     [claim] = [c for c in plan_sweep(file, "local").claims if c.id == "batch_size_small_effect"]
-    assert [p["optim.batch_size"] for p in claim.points] == [32, 64, 128, 256]
+    assert [p["optim.batch_size"] for p in claim.points] == [2, 4, 8, 16]
 
 
 def _raw(**extra: Any) -> dict[str, Any]:

@@ -216,8 +216,13 @@ def _write_run(run_dir: Path, epochs: int, rows: Sequence[Mapping[str, float]],
 
 
 def _curve(epochs: int, entropy: float, kl: float, knn: float,
-           student: float | None = None) -> list[dict[str, float]]:
-    return [{"teacher_entropy": entropy, "kl_teacher_student": kl, "knn_teacher": knn,
+           student: float | None = None, batch: float | None = None) -> list[dict[str, float]]:
+    """Constant records; the batch-mean entropy is 0 with the per-image one near 0 (the
+    one-dimensional collapse) and one nat above it otherwise, unless given."""
+    if batch is None:
+        batch = entropy if entropy < 0.05 else min(LN_256, entropy + 1.0)
+    return [{"teacher_entropy": entropy, "teacher_batch_entropy": batch,
+             "kl_teacher_student": kl, "knn_teacher": knn,
              "knn_student": knn if student is None else student} for _ in range(epochs)]
 
 
@@ -282,11 +287,14 @@ Rows = Callable[[int], list[dict[str, float]]]
                 + _curve(4, 1.6, 0.44, 0.70)), "both_healthy"),
     ("centering_sharpening", "centering-True",  # entropy at ln K at the end
      lambda n: _curve(n - 3, 1.6, 0.44, 0.70) + _curve(3, LN_256, 0.44, 0.70), "both_healthy"),
+    ("centering_sharpening", "centering-True",  # one-hot per image, every image on one dim
+     lambda n: _curve(n - 3, 0.01, 0.44, 0.70, batch=1.9) + _curve(3, 0.01, 0.44, 0.70, batch=0.0),
+     "both_healthy"),
     ("teacher_update", "ema", lambda n: _curve(n, 2.0, 0.4, 0.61, 0.5),  # +14 pp over init
      "full_dino_learns"),
 ], ids=["previous_epoch_beats_ema", "previous_iteration", "no_momentum", "sharpening_only",
         "centering_only_entropy", "centering_only_kl", "both_kl", "both_entropy",
-        "ema_learns_too_little"])
+        "both_batch_entropy", "ema_learns_too_little"])
 def test_a_missing_outcome_fails_its_claim(tmp_path: Path, sweep: str, tag: str, rows: Rows,
                                            claim: str) -> None:
     _healthy_outputs(tmp_path, {(sweep, tag): rows(_local_epochs(sweep))})
