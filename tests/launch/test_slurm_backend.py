@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -74,6 +75,18 @@ def _wait_epoch(sweep_dir: Path, at_least: int, timeout: float = 300) -> None:
              timeout, f"epoch >= {at_least}")
 
 
+def _wait_resumed(sweep_dir: Path, job_id: str, timeout: float = 300) -> int:
+    """The epoch of the first `resuming ... at epoch N` line in the job's logs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in (sweep_dir / "slurm" / job_id).glob("*_log.*"):
+            match = re.search(r"resuming .* at epoch (\d+)", path.read_text(errors="replace"))
+            if match:
+                return int(match.group(1))
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not resume within {timeout} s")
+
+
 def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster: Any, tmp_path: Path) -> None:
     epochs = 40
     file = one_point_sweep(tmp_path / "requeue.yaml", "requeue", epochs)
@@ -85,9 +98,12 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster: Any, tmp_path: 
     # 1. preemption / time-limit path: USR2 -> submitit calls checkpoint() and requeues
     _wait_epoch(sweep_dir, 3)
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    # 2. an external requeue: SIGTERM/SIGKILL, no checkpoint() call; state is on disk anyway
-    time.sleep(3)
-    _wait_epoch(sweep_dir, 3 + 3 + 1)
+    # 2. an external requeue: SIGTERM/SIGKILL, no checkpoint() call; state is on disk anyway.
+    # Only once the requeued job has resumed and trained an epoch more: the first segment may
+    # train a few epochs past the signal, so an epoch count alone can be the first segment's
+    # (a requeue of the still-pending job then resumes once, not twice).
+    resumed_at = _wait_resumed(sweep_dir, job_id)
+    _wait_epoch(sweep_dir, resumed_at + 1)
     subprocess.run(["scontrol", "requeue", job_id], check=True)
 
     rows = wait_for(sweep_dir, all_final, 600, "the requeued run to finish")
