@@ -32,7 +32,7 @@ demo: $(STAMP)
 
 # The `local` profile of every ablation sweep (issue 4) on a private Ray on this machine, then
 # every sweep file's claims over the run directories, with the pass rates of files 1-5 and 6-9
-# (it fails when one of the ten claims CI asserts does not hold). Done runs are skipped.
+# (it fails when one of the claims CI asserts does not hold). Done runs are skipped.
 REPRO_OUT ?= $(OUT)/reproduce
 REPRO_CORE := momentum centering_sharpening teacher_update patch_size batch_size
 REPRO_MORE := components teacher_temperature output_dim center_momentum

@@ -15,10 +15,11 @@ from dino_ablate.sweep import plan_sweep, read_sweep_file
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = sorted(f for f in (ROOT / "sweeps").glob("*.yaml") if f.stem != "local_smoke")
 #: the claims tests/sweep/test_reproduction.py asserts by id
-ASSERTED = {"momentum": {"no_momentum_below_init"},
+ASSERTED = {"momentum": {"no_momentum_below_init", "no_momentum_collapses"},
             "centering_sharpening": {"sharpening_only_collapses_one_dim",
                                      "centering_only_collapses_uniform", "both_healthy"},
-            "teacher_update": {"student_copy_below_init", "previous_iteration_below_init",
+            "teacher_update": {"student_copy_below_init", "student_copy_collapses",
+                               "previous_iteration_collapses", "previous_epoch_learns",
                                "ema_beats_previous_epoch"}}
 
 

@@ -4,18 +4,23 @@ Issue 4, issue 15: run the `local` profiles of `sweeps/momentum.yaml`,
 `centering_sharpening.yaml` and `teacher_update.yaml` (digits, CPU, Ray), then evaluate the
 sweep files' `claims:` (docs/sweeps.md, "Claims") over the run directories with
 `analysis/claims.py`, the evaluator behind `dino-ablate claims`. The slow test asserts, by claim
-id, the ten outcomes the current local recipe reproduces (:data:`REPRODUCED`):
+id, the thirteen outcomes the current local recipe reproduces (:data:`REPRODUCED`):
 
-- full DINO learns: the baseline's final teacher kNN at least 15 points above its random-init
-  teacher's, in each of the three studies (`above_init`, `by: 15`; one run, the twin of all three);
-
-- no momentum, student copy, previous iteration: final teacher kNN below the random-init
-  teacher's (`below_init`; a diverged run counts with its last kNN);
-- sharpening only: one-dimensional collapse; centering only: uniform collapse (`collapses`:
-  final entropy < 0.05 nats or within 0.05 of ln K, KL < 0.01);
+- full DINO learns: the baseline's final teacher kNN more than 15 points above its random-init
+  teacher's, in each of the three studies (`above_init`, `by: 15`; one run, the twin of all
+  three); so does the previous-epoch teacher (`previous_epoch_learns`);
+- no momentum (= student copy): final teacher kNN below the random-init teacher's
+  (`below_init`; a diverged run counts with its last kNN), in both files;
+- no momentum / student copy, previous iteration: the teacher's output collapses (`collapses`,
+  mode `any`: final entropy < 0.05 nats or within 0.05 of ln K, KL < 0.01); sharpening only:
+  one-dimensional collapse; centering only: uniform collapse;
 - both: `healthy` (KL >= 0.1 and entropy strictly between the collapse thresholds at every
   epoch of the second half);
 - the EMA teacher's final kNN beats the previous-epoch teacher's (`order`).
+
+With the tau_t 0.02 recipe (2026-12-03) the previous-iteration teacher's head collapses to the
+uniform distribution but its backbone's kNN ends above the random init (57.2 vs 46.3 %), so
+`previous_iteration_below_init` is printed, no longer asserted.
 
 The sweep files' other claims (the paper's other readings, several of which the small scale
 does not reproduce) are printed with their verdicts, not asserted.
@@ -30,8 +35,7 @@ Three ways to use it:
   checks them;
 - ``python tests/sweep/test_reproduction.py [--run] DIR``: every claim of the sweep files whose
   local profile has a sweep directory under DIR, one line each, and the pass rates of files 1-5
-  and 6-9 (the Makefile's order); exit code 1 when one of the ten asserted claims does not
-  hold.
+  and 6-9 (the Makefile's order); exit code 1 when one of the asserted claims does not hold.
 
 The runs evaluated are those of the sweep files' current local expansion (their run ids), so a
 directory left by an older recipe is not mistaken for the current one. The fast tests below
@@ -69,12 +73,15 @@ COLLAPSE_SWEEPS = ("momentum", "centering_sharpening", "teacher_update")
 PROFILE = "local"
 #: The claims the current local recipe reproduces, asserted by the slow test (by id).
 REPRODUCED: dict[str, tuple[str, ...]] = {
-    "momentum": ("full_dino_learns", "no_momentum_below_init"),
+    "momentum": ("full_dino_learns", "no_momentum_below_init", "no_momentum_collapses"),
     "centering_sharpening": ("full_dino_learns", "sharpening_only_collapses_one_dim",
                              "centering_only_collapses_uniform", "both_healthy"),
-    "teacher_update": ("full_dino_learns", "student_copy_below_init",
-                       "previous_iteration_below_init", "ema_beats_previous_epoch"),
+    "teacher_update": ("full_dino_learns", "student_copy_below_init", "student_copy_collapses",
+                       "previous_iteration_collapses", "previous_epoch_learns",
+                       "ema_beats_previous_epoch"),
 }
+#: How many claims the slow test asserts.
+N_ASSERTED = sum(len(ids) for ids in REPRODUCED.values())
 #: The Makefile's `reproduce-local` groups: files 1-5, then 6-9.
 FILE_GROUPS: dict[str, tuple[str, ...]] = {
     "1-5": ("momentum", "centering_sharpening", "teacher_update", "patch_size", "batch_size"),
@@ -187,7 +194,7 @@ def test_local_profiles_reproduce_the_papers_collapse_outcomes(
     results = check_reproduction(out_root)
     print(report(results))
     asserted = reproduced(results)
-    assert len(asserted) == 10
+    assert len(asserted) == N_ASSERTED
     assert all(r.verdict == "holds" for r in asserted), \
         "\n" + "\n".join(r.line() for r in asserted)
 
@@ -239,9 +246,9 @@ def _healthy_outputs(out_root: Path,
             tag = "-".join(str(v) for v in point.varied.values())
             rows = {
                 "ema": _curve(epochs, 2.0, 0.4, 0.70, student=0.66),
-                "student_copy": _curve(epochs, 0.05, 1.5, 0.34),
+                "student_copy": _curve(epochs, LN_256 - 0.001, 0.0, 0.34),
                 "previous_iteration": _curve(epochs, 0.0, 0.0, 0.40),
-                "previous_epoch": _curve(epochs, 2.5, 0.3, 0.60),
+                "previous_epoch": _curve(epochs, 2.5, 0.3, 0.65),
                 "centering-True": _curve(epochs, 1.6, 0.44, 0.70),
                 "centering-False": _curve(epochs, LN_256 - 0.001, 0.0, 0.52),
                 "none-True": _curve(epochs, 0.0, 0.0, 0.47),
@@ -254,17 +261,19 @@ def _verdicts(results: Mapping[str, Sequence[ClaimResult]]) -> dict[str, str]:
     return {r.claim.id: r.verdict for found in results.values() for r in found}
 
 
-def test_the_ten_claims_hold_when_every_outcome_is_there(tmp_path: Path) -> None:
+def test_the_asserted_claims_hold_when_every_outcome_is_there(tmp_path: Path) -> None:
     _healthy_outputs(tmp_path)
     results = check_reproduction(tmp_path)
     asserted = reproduced(results)
-    assert len(asserted) == 10
+    assert len(asserted) == N_ASSERTED == 13
     assert all(r.verdict == "holds" for r in asserted), report(results)
     text = report(results)
     assert ("[holds] no_momentum_below_init (Table 7 row 2): update=student_copy: final teacher "
             "kNN 34.0 vs random-init 47.0: -13.0 pp") in text
     assert "[holds] ema_beats_previous_epoch (Fig. 6 right): teacher kNN update=ema 70.0 " \
-           "(1 seed) > update=previous_epoch 60.0 (1 seed); paper ema 72.8" in text
+           "(1 seed) > update=previous_epoch 65.0 (1 seed); paper ema 72.8" in text
+    assert ("[holds] student_copy_collapses (Fig. 6 right): update=student_copy: final teacher "
+            "entropy 5.544 nats of ln K 5.545 (claimed any:") in text
 
 
 Rows = Callable[[int], list[dict[str, float]]]
@@ -273,9 +282,16 @@ Rows = Callable[[int], list[dict[str, float]]]
 @pytest.mark.parametrize(("sweep", "tag", "rows", "claim"), [
     ("teacher_update", "previous_epoch", lambda n: _curve(n, 2.5, 0.3, 0.75),
      "ema_beats_previous_epoch"),
-    ("teacher_update", "previous_iteration", lambda n: _curve(n, 2.0, 0.4, 0.48),
-     "previous_iteration_below_init"),
-    ("momentum", "student_copy", lambda n: _curve(n, 2.0, 0.4, 0.60), "no_momentum_below_init"),
+    ("teacher_update", "previous_iteration", lambda n: _curve(n, 2.0, 0.4, 0.40),
+     "previous_iteration_collapses"),
+    ("teacher_update", "previous_epoch", lambda n: _curve(n, 2.5, 0.3, 0.55),  # +8 pp over init
+     "previous_epoch_learns"),
+    ("teacher_update", "student_copy", lambda n: _curve(n, 0.05, 1.5, 0.34),
+     "student_copy_collapses"),
+    ("momentum", "student_copy", lambda n: _curve(n, LN_256 - 0.001, 0.0, 0.60),
+     "no_momentum_below_init"),
+    ("momentum", "student_copy", lambda n: _curve(n, LN_256 - 0.1, 0.0, 0.30),
+     "no_momentum_collapses"),
     ("centering_sharpening", "none-True", lambda n: _curve(n, 0.06, 0.0, 0.47),
      "sharpening_only_collapses_one_dim"),
     ("centering_sharpening", "centering-False", lambda n: _curve(n, LN_256 - 0.1, 0.0, 0.5),
@@ -290,9 +306,10 @@ Rows = Callable[[int], list[dict[str, float]]]
     ("centering_sharpening", "centering-True",  # one-hot per image, every image on one dim
      lambda n: _curve(n - 3, 0.01, 0.44, 0.70, batch=1.9) + _curve(3, 0.01, 0.44, 0.70, batch=0.0),
      "both_healthy"),
-    ("teacher_update", "ema", lambda n: _curve(n, 2.0, 0.4, 0.61, 0.5),  # +14 pp over init
+    ("momentum", "ema", lambda n: _curve(n, 2.0, 0.4, 0.61, 0.5),  # +14 pp over init
      "full_dino_learns"),
-], ids=["previous_epoch_beats_ema", "previous_iteration", "no_momentum", "sharpening_only",
+], ids=["previous_epoch_beats_ema", "previous_iteration", "previous_epoch", "student_copy",
+        "no_momentum", "no_momentum_collapse", "sharpening_only",
         "centering_only_entropy", "centering_only_kl", "both_kl", "both_entropy",
         "both_batch_entropy", "ema_learns_too_little"])
 def test_a_missing_outcome_fails_its_claim(tmp_path: Path, sweep: str, tag: str, rows: Rows,
@@ -367,12 +384,12 @@ def test_the_script_prints_every_claim_and_the_pass_rates(
     assert len(rates) == 1, out  # no sweep directory of files 6-9 here
     assert rates[0].startswith("files 1-5 (momentum, centering_sharpening, teacher_update): ")
     assert f"of {claims} claims hold" in rates[0]
-    assert "10 of 10 asserted claims hold" in out
+    assert f"{N_ASSERTED} of {N_ASSERTED} asserted claims hold" in out
     epochs = _local_epochs("momentum")
     _healthy_outputs(tmp_path / "bad",
                      {("momentum", "student_copy"): _curve(epochs, 2.0, 0.4, 0.6)})
-    assert main([str(tmp_path / "bad")]) == 1
-    assert "9 of 10 asserted claims hold" in capsys.readouterr().out
+    assert main([str(tmp_path / "bad")]) == 1  # neither below init nor collapsed: 2 fail
+    assert f"{N_ASSERTED - 2} of {N_ASSERTED} asserted claims hold" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Evaluate the sweep files' claims over their local profiles' runs (with "
         "--run, run the collapse and teacher-update profiles first); exit 1 when one of the "
-        "ten claims CI asserts does not hold.")
+        f"{N_ASSERTED} claims CI asserts does not hold.")
     parser.add_argument("out", type=Path, help="the sweeps' output root (dino-ablate --out)")
     parser.add_argument("--run", action="store_true",
                         help="run the local profiles on Ray first (done runs are skipped)")
