@@ -11,16 +11,12 @@ import pytest
 from dino_ablate.contract.claims import KINDS, ConfigError, read_claims, sweep_claims
 from dino_ablate.contract.points import profile_axes
 from dino_ablate.sweep import plan_sweep, read_sweep_file
+from tests.sweep.test_reproduction import REPRODUCED
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = sorted(f for f in (ROOT / "sweeps").glob("*.yaml") if f.stem != "local_smoke")
 #: the claims tests/sweep/test_reproduction.py asserts by id
-ASSERTED = {"momentum": {"no_momentum_below_init", "no_momentum_collapses"},
-            "centering_sharpening": {"sharpening_only_collapses_one_dim",
-                                     "centering_only_collapses_uniform", "both_healthy"},
-            "teacher_update": {"student_copy_below_init", "student_copy_collapses",
-                               "previous_iteration_collapses", "previous_epoch_learns",
-                               "ema_beats_previous_epoch"}}
+ASSERTED = {name: set(ids) for name, ids in REPRODUCED.items()}
 
 
 def test_there_are_nine_studies() -> None:
