@@ -19,10 +19,12 @@ from analysis.claim_stats import (
     digits,
     diverged,
     final,
+    paired_difference,
     per_epoch,
     point_runs,
     point_stat,
     relation,
+    relation_of,
     scale,
     seeds_text,
     unit,
@@ -70,6 +72,7 @@ def _chain(claim: Claim, runs: Sequence[RunData], decreasing: bool) -> tuple[Ver
     previous one. The line shows the measured relation between neighbours."""
     stats, texts = _stats(claim, runs)
     verdicts: list[Verdict] = []
+    pairs: list[dict[str, Any]] = []
     line = texts[0]
     for index in range(1, len(stats)):
         a, b = stats[index - 1], stats[index]
@@ -77,10 +80,22 @@ def _chain(claim: Claim, runs: Sequence[RunData], decreasing: bool) -> tuple[Ver
             verdicts.append("undecided")
             line += f" ? {texts[index]}"
             continue
-        gap = (a.mean - b.mean) if decreasing else (b.mean - a.mean)
-        verdicts.append(verdict_of(gap, max(a.std, b.std)))
-        line += f" {relation(a, b)} {texts[index]}"
-    return combine(verdicts), f"{METRICS[claim.metric]} {line}", _point_values(claim, stats)
+        paired = paired_difference(point_runs(claim, index - 1, runs),
+                                   point_runs(claim, index, runs), claim.metric)
+        if paired is None:  # seeds not shared: the larger of the two points' spreads
+            difference, spread = a.mean - b.mean, max(a.std, b.std)
+            line += f" {relation(a, b)} {texts[index]}"
+        else:
+            difference, spread = paired.mean, paired.std
+            d = digits(claim.metric)
+            line += (f" {relation_of(difference, spread)} {texts[index]} [same-seed "
+                     f"difference {difference:+.{d}f} ± {spread:.{d}f}]")
+            pairs.append({"between": [index - 1, index], **paired.as_dict()})
+        verdicts.append(verdict_of(difference if decreasing else -difference, spread))
+    values = _point_values(claim, stats)
+    if pairs:
+        values["paired"] = pairs
+    return combine(verdicts), f"{METRICS[claim.metric]} {line}", values
 
 
 def order(claim: Claim, runs: Sequence[RunData]) -> Outcome:
@@ -97,22 +112,29 @@ def monotone(claim: Claim, runs: Sequence[RunData]) -> Outcome:
 def flat(claim: Claim, runs: Sequence[RunData]) -> Outcome:
     """max - min of the points' means is at most `within`."""
     stats, texts = _stats(claim, runs)
-    known = [(s, t) for s, t in zip(stats, texts, strict=True) if s is not None]
+    known = [(s, t, i) for i, (s, t) in enumerate(zip(stats, texts, strict=True))
+             if s is not None]
     missing = [t for s, t in zip(stats, texts, strict=True) if s is None]
     values = _point_values(claim, stats)
     within = float(claim.within or 0.0)
     shown_unit = unit(claim.metric)
     if len(known) < 2:
         return "undecided", f"{METRICS[claim.metric]}: " + ", ".join(texts), values
-    hi = max(known, key=lambda pair: pair[0].mean)
-    lo = min(known, key=lambda pair: pair[0].mean)
+    hi = max(known, key=lambda point: point[0].mean)
+    lo = min(known, key=lambda point: point[0].mean)
     span = hi[0].mean - lo[0].mean
-    verdict = verdict_of(within - span, max(hi[0].std, lo[0].std))
+    d = digits(claim.metric)
+    paired = paired_difference(point_runs(claim, hi[2], runs), point_runs(claim, lo[2], runs),
+                               claim.metric)
+    spread = max(hi[0].std, lo[0].std) if paired is None else paired.std
+    verdict = verdict_of(within - span, spread)
     if missing and verdict != "fails":
         verdict = "undecided"
-    d = digits(claim.metric)
     line = (f"{METRICS[claim.metric]} spans {span:.{d}f} {shown_unit} over {len(known)} points "
             f"(claimed at most {within:g}): highest {hi[1]}, lowest {lo[1]}")
+    if paired is not None:
+        line += f" [same-seed difference {paired.mean:+.{d}f} ± {paired.std:.{d}f}]"
+        values["paired"] = [{"between": [hi[2], lo[2]], **paired.as_dict()}]
     if missing:
         line += "; " + ", ".join(missing)
     return verdict, line, {**values, "span": span}

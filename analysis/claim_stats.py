@@ -73,8 +73,26 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
 
 def relation(a: Stat, b: Stat) -> str:
     """The measured relation of two values: >, < or ≈ (within the spread)."""
-    spread = max(a.std, b.std)
-    return {"holds": ">", "fails": "<", "undecided": "≈"}[verdict_of(a.mean - b.mean, spread)]
+    return relation_of(a.mean - b.mean, max(a.std, b.std))
+
+
+def relation_of(difference: float, spread: float) -> str:
+    """`>`, `<` or `≈` for a difference a - b and the spread it is tested against."""
+    return {"holds": ">", "fails": "<", "undecided": "≈"}[verdict_of(difference, spread)]
+
+
+def paired_difference(a: Sequence[RunData], b: Sequence[RunData], metric: str) -> Stat | None:
+    """Mean and spread over seeds of a - b when both points ran the same seeds (two or more):
+    a seed fixes the initial weights, the data order and the augmentations, so a run and its
+    same-seed twin at another point differ by the point only, and the seed's own effect (often
+    larger than the points' difference) cancels in the difference. None otherwise."""
+    by_seed_a = {run.seed: run for run in a if run.seed is not None}
+    by_seed_b = {run.seed: run for run in b if run.seed is not None}
+    seeds = sorted(by_seed_a)
+    if (len(seeds) < 2 or set(seeds) != set(by_seed_b)
+            or len(by_seed_a) != len(a) or len(by_seed_b) != len(b)):
+        return None
+    return Stat.of([final(by_seed_a[s], metric) - final(by_seed_b[s], metric) for s in seeds])
 
 
 def scale(metric: str) -> float:

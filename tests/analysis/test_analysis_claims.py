@@ -91,6 +91,37 @@ def test_order_within_the_seed_spread_is_undecided(runs: Runs) -> None:
     assert "70.0 ± 10.0 (3 seeds) ≈ update=previous_epoch 66.0 (1 seed)" in result.measured
 
 
+# Same seeds at both points: the test is on the per-seed differences. Seeds 0-2 of `ema` at
+# 70 / 80 / 90 (a seed effect of 10 points, the unpaired spread); the differences and their
+# sample standard deviation by hand.
+@pytest.mark.parametrize(("other", "verdict", "difference"), [
+    ((68, 77, 89), "holds", "+2.0 ± 1.0"),       # 2, 3, 1: mean 2 > std 1
+    ((72, 83, 91), "fails", "-2.0 ± 1.0"),       # -2, -3, -1
+    ((65, 85, 88), "undecided", "+0.7 ± 5.1"),   # 5, -5, 2: mean 0.67, std sqrt(79/3) = 5.13
+])
+def test_order_with_shared_seeds_tests_the_same_seed_differences(
+        runs: Runs, other: tuple[int, ...], verdict: str, difference: str) -> None:
+    for seed, (a, b) in enumerate(zip((70, 80, 90), other, strict=True)):
+        runs.add({"teacher.update": "ema"}, seed=seed, knn_teacher_final=a / 100)
+        runs.add({"teacher.update": "previous_epoch"}, seed=seed, knn_teacher_final=b / 100)
+    result = one(ORDER, runs)
+    assert result.verdict == verdict, result.line()
+    symbol = {"holds": ">", "fails": "<", "undecided": "≈"}[verdict]
+    assert f"80.0 ± 10.0 (3 seeds) {symbol} update=previous_epoch" in result.measured
+    assert f"[same-seed difference {difference}]" in result.measured
+    [pair] = result.values["paired"]
+    assert pair["between"] == [0, 1] and pair["seeds"] == 3
+
+
+def test_order_with_different_seeds_compares_the_larger_spread(runs: Runs) -> None:
+    for seed, (a, b) in enumerate(((70, 68), (80, 77), (90, 89))):
+        runs.add({"teacher.update": "ema"}, seed=seed, knn_teacher_final=a / 100)
+        if seed < 2:  # previous_epoch lacks seed 2: no pairing, the spread is ema's 10 points
+            runs.add({"teacher.update": "previous_epoch"}, seed=seed, knn_teacher_final=b / 100)
+    result = one(ORDER, runs)
+    assert result.verdict == "undecided" and "same-seed" not in result.measured
+
+
 def test_order_with_a_missing_or_unfinished_run_is_undecided(runs: Runs) -> None:
     runs.add({"teacher.update": "ema"}, knn_teacher_final=0.70)
     result = one(ORDER, runs)
@@ -306,6 +337,18 @@ def test_flat_undecided_within_the_spread_or_with_a_missing_point(runs: Runs) ->
     result = one(FLAT, runs)  # spans 1.5 points: 0.5 over the bound, within 2.8
     assert result.verdict == "undecided", result.line()
     assert "lowest center_momentum=0.99 68.0 ± 2.8 (2 seeds)" in result.measured
+
+
+def test_flat_with_shared_seeds_tests_the_same_seed_difference(runs: Runs) -> None:
+    # seed 1 is 3 points below seed 0 at every point: means 68.5 / 69.0 / 69.3 span 0.8 of the
+    # allowed 1.0; the unpaired spread (2.1) leaves that undecided, the highest - lowest
+    # differences (0.8, 0.8: std 0) decide it
+    for m, base in ((0.0, 0.700), (0.9, 0.705), (0.99, 0.708)):
+        runs.add({"loss.center_momentum": m}, seed=0, knn_teacher_final=base)
+        runs.add({"loss.center_momentum": m}, seed=1, knn_teacher_final=base - 0.03)
+    result = one(FLAT, runs)
+    assert result.verdict == "holds", result.line()
+    assert "[same-seed difference +0.8 ± 0.0]" in result.measured
 
 
 def test_flat_fails_when_the_known_points_already_spread_too_far(runs: Runs) -> None:
