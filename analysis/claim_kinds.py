@@ -20,6 +20,7 @@ from analysis.claim_stats import (
     diverged,
     final,
     paired_difference,
+    paired_text,
     per_epoch,
     point_runs,
     point_stat,
@@ -87,9 +88,8 @@ def _chain(claim: Claim, runs: Sequence[RunData], decreasing: bool) -> tuple[Ver
             line += f" {relation(a, b)} {texts[index]}"
         else:
             difference, spread = paired.mean, paired.std
-            d = digits(claim.metric)
-            line += (f" {relation_of(difference, spread)} {texts[index]} [same-seed "
-                     f"difference {difference:+.{d}f} ± {spread:.{d}f}]")
+            line += (f" {relation_of(difference, spread)} {texts[index]}"
+                     f"{paired_text(paired, digits(claim.metric))}")
             pairs.append({"between": [index - 1, index], **paired.as_dict()})
         verdicts.append(verdict_of(difference if decreasing else -difference, spread))
     values = _point_values(claim, stats)
@@ -133,7 +133,7 @@ def flat(claim: Claim, runs: Sequence[RunData]) -> Outcome:
     line = (f"{METRICS[claim.metric]} spans {span:.{d}f} {shown_unit} over {len(known)} points "
             f"(claimed at most {within:g}): highest {hi[1]}, lowest {lo[1]}")
     if paired is not None:
-        line += f" [same-seed difference {paired.mean:+.{d}f} ± {paired.std:.{d}f}]"
+        line += paired_text(paired, d)
         values["paired"] = [{"between": [hi[2], lo[2]], **paired.as_dict()}]
     if missing:
         line += "; " + ", ".join(missing)

@@ -95,6 +95,11 @@ def paired_difference(a: Sequence[RunData], b: Sequence[RunData], metric: str) -
     return Stat.of([final(by_seed_a[s], metric) - final(by_seed_b[s], metric) for s in seeds])
 
 
+def paired_text(paired: Stat, digits: int) -> str:
+    """` [same-seed difference +2.6 ± 2.4]`, appended to a comparison's line."""
+    return f" [same-seed difference {paired.mean:+.{digits}f} ± {paired.std:.{digits}f}]"
+
+
 def scale(metric: str) -> float:
     """Display units per stored unit: percent for accuracies, else as stored."""
     return 100.0 if metric in ACCURACIES else 1.0
