@@ -36,6 +36,7 @@ from dino_ablate.contract.points import (
     profile_names,
     short_label,
     show,
+    without_seeds,
 )
 from dino_ablate.errors import ConfigError, unknown_key
 
@@ -356,8 +357,8 @@ def _along_axis(item: Mapping[str, Any], source: str, axes: Axes, profile: str,
         keys = [k for axis in axes for k in axis[0] if k != SEED]
         raise fail(source, f"{where}.axis", f"{key!r} is not an axis of profile {profile}; "
                    f"axes: {', '.join(keys) or '(none)'}")
-    others = [axis for axis in axes if axis is not group and len(axis) > 1
-              and not all(set(e) == {SEED} for e in axis)]
+    others = [entries for entries in (without_seeds(axis) for axis in axes if axis is not group)
+              if len(entries) > 1]
     fixed: dict[str, Any] = {}
     if others:
         if baseline is None:
@@ -371,7 +372,7 @@ def _along_axis(item: Mapping[str, Any], source: str, axes: Axes, profile: str,
                 raise fail(source, f"{where}.axis", f"the baseline {dict(baseline)} does not "
                            f"fix one value of {', '.join(axis[0])} in profile {profile}")
             fixed.update(entries[0])
-    points = [{**fixed, **entry} for entry in group]
+    points = [{**fixed, **entry} for entry in without_seeds(group)]
     values = [p[key] for p in points]
     if len(points) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                   for v in values) or len(set(values)) != len(values):

@@ -243,10 +243,23 @@ def check_selector(source: str, where: str, raw: Any, axes: Axes, profile: str,
     return selector
 
 
+def without_seeds(axis: Axis) -> Axis:
+    """The axis' entries without their `seed`, each once: a `zip` may give a point several
+    seeds (`seed` beside its other keys), which claims aggregate like a `seeds` axis. A `seeds`
+    axis has no entries left."""
+    entries: Axis = []
+    for entry in axis:
+        kept = {k: v for k, v in entry.items() if k != SEED}
+        if kept and kept not in entries:
+            entries.append(kept)
+    return entries
+
+
 def point_index(selector: Mapping[str, Any], axes: Axes) -> tuple[int, ...]:
     """Which entry of each axis but the seeds a one-point selector picks (its first match)."""
-    return tuple(next((i for i, e in enumerate(axis) if _agrees(selector, e)), -1)
-                 for axis in axes if not all(set(e) == {SEED} for e in axis))
+    kept = [entries for entries in map(without_seeds, axes) if entries]
+    return tuple(next((i for i, e in enumerate(entries) if _agrees(selector, e)), -1)
+                 for entries in kept)
 
 
 def _selector_text(selector: Mapping[str, Any]) -> str:
@@ -255,7 +268,7 @@ def _selector_text(selector: Mapping[str, Any]) -> str:
 
 def non_seed_points(axes: Axes, source: str, where: str) -> Iterator[dict[str, Any]]:
     """Every point of the profile but for its seeds, as a full selector (all axis keys)."""
-    kept = [axis for axis in axes if not all(set(e) == {SEED} for e in axis)]
+    kept = [entries for entries in map(without_seeds, axes) if entries]
     count = math.prod(len(axis) for axis in kept)
     if count > MAX_POINTS:
         raise fail(source, where, f"the profile has {count:,} points; a claim over all of "

@@ -175,6 +175,31 @@ def test_monotone_on_images_per_s_uses_the_median_over_epochs(runs: Runs) -> Non
     assert "patch_size=4 200 (1 seed) < patch_size=8 900 (1 seed)" in result.measured
 
 
+# batch_size.yaml's local layout: seeds zipped with the axis, so batch 4 and 8 (the close pair)
+# run seeds 0-2 and batch 2 and 16 seed 0 only. Hand-computed: 4 vs 8 is paired (same-seed
+# differences 8 - 4 of +1, +2, +3: mean 2 > std 1); 2 vs 4 and 8 vs 16 are not (the larger std,
+# batch 4's / 8's 10 points from the seed effect: 70 / 80 / 90 and 71 / 82 / 93).
+ZIPPED = claims_of([{"id": "m", "kind": "monotone", "axis": "optim.batch_size",
+                     "direction": "increasing", "source": "Table 9", "paper": "x"}],
+                   zip={"optim.batch_size": [2, 4, 4, 4, 8, 8, 8, 16],
+                        "seed": [0, 0, 1, 2, 0, 1, 2, 0]})
+
+
+@pytest.mark.parametrize(("ends", "verdict"), [((0.50, 0.99), "holds"), ((0.75, 0.99), "undecided"),
+                                               ((0.50, 0.50), "fails")])
+def test_monotone_with_seeds_zipped_pairs_the_points_that_share_them(
+        runs: Runs, ends: tuple[float, float], verdict: str) -> None:
+    for seed, (four, eight) in enumerate(((70, 71), (80, 82), (90, 93))):
+        runs.add({"optim.batch_size": 4, "seed": seed}, seed=seed, knn_teacher_final=four / 100)
+        runs.add({"optim.batch_size": 8, "seed": seed}, seed=seed, knn_teacher_final=eight / 100)
+    runs.add({"optim.batch_size": 2, "seed": 0}, knn_teacher_final=ends[0])
+    runs.add({"optim.batch_size": 16, "seed": 0}, knn_teacher_final=ends[1])
+    result = one(ZIPPED, runs)
+    assert result.verdict == verdict, result.line()
+    assert "batch_size=4 80.0 ± 10.0 (3 seeds) < batch_size=8 82.0 ± 11.0 (3 seeds) " \
+           "[same-seed difference -2.0 ± 1.0]" in result.measured
+    assert [pair["between"] for pair in result.values["paired"]] == [[1, 2]]
+
 # --------------------------------------------------------------------------------------------
 # collapses and healthy
 

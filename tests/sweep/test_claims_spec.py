@@ -143,3 +143,25 @@ def test_point_baseline_names_each_profiles_own_baseline_point() -> None:
     with pytest.raises(ConfigError, match=r"claims\[0\]\.point: 'baseline' but profile paper has "
                                           r"no `baseline`"):
         sweep_claims(raw, "s.yaml")
+
+
+def test_seeds_zipped_with_an_axis_give_its_points_their_own_seeds() -> None:
+    # batch 4 and 8 run seeds 0-2, batch 2 and 16 seed 0 only (batch_size.yaml's local profile)
+    raw = {"profiles": {"local": {}}, "baseline": {"optim.batch_size": 16},
+           "zip": {"optim.batch_size": [2, 4, 4, 4, 8, 8, 8, 16],
+                   "seed": [0, 0, 1, 2, 0, 1, 2, 0]},
+           "claims": [{"id": "m", "kind": "monotone", "axis": "optim.batch_size",
+                       "direction": "increasing", "source": "s", "paper": "x"},
+                      {"id": "f", "kind": "flat", "within": 2.5, "source": "s", "paper": "x"},
+                      _claim(point={"optim.batch_size": 4}), _claim(id="b", point="baseline")]}
+    monotone, flat, point, baseline = sweep_claims(raw, "s.yaml")["local"]
+    sizes = [{"optim.batch_size": b} for b in (2, 4, 8, 16)]
+    assert monotone.points == tuple(sizes) and flat.points == tuple(sizes)
+    assert monotone.labels == ("batch_size=2", "batch_size=4", "batch_size=8", "batch_size=16")
+    assert point.points == ({"optim.batch_size": 4},)
+    assert baseline.points == ({"optim.batch_size": 16},)
+    raw["claims"] = [{"id": "o", "kind": "order", "source": "s", "paper": "x",
+                      "points": [{"optim.batch_size": 4}, {"optim.batch_size": 4, "seed": 1}]}]
+    with pytest.raises(ConfigError, match=r"claims\[0\]\.points\[1\]: selects the same point as "
+                                          r"claims\[0\]\.points\[0\]"):
+        sweep_claims(raw, "s.yaml")
