@@ -196,8 +196,9 @@ ABLATIONS = [
 FILES = [a.file for a in ABLATIONS]
 BY_FILE = {a.file: a for a in ABLATIONS}
 
-#: The local profiles of sweep files 1-5 must fit 45 minutes on 2 cores (issue 4).
-LOCAL_BUDGET_CORE_HOURS = 2 * 45 / 60
+#: The local profiles of sweep files 1-5 must fit 60 minutes on 2 cores (issue 15's budget; issue
+#: 4 aimed at 45, before issue 15 asked for seeds where the claims compare close numbers).
+LOCAL_BUDGET_CORE_HOURS = 2 * 60 / 60
 CORE_FILES = ("momentum", "centering_sharpening", "teacher_update", "patch_size", "batch_size")
 
 
@@ -393,7 +394,7 @@ def test_run_ids_name_the_varied_values() -> None:
 
 
 def test_local_profiles_of_files_1_to_5_fit_the_budget() -> None:
-    """Files 1-5 on 2 cores in under 45 minutes, by the launcher's own CPU estimate. A run
+    """Files 1-5 on 2 cores in under 60 minutes, by the launcher's own CPU estimate. A run
     shared by two files (momentum.yaml's points are teacher_update.yaml's) is trained once
     per output root and counted once."""
     runs = {p.digest: p for name in CORE_FILES
