@@ -236,7 +236,7 @@ def check_selector(source: str, where: str, raw: Any, axes: Axes, profile: str,
         varying = [key for axis in matching if len(axis) > 1 for key in axis[0]
                    if key != SEED and len({show(e[key]) for e in axis}) > 1]
         if varying:
-            count = math.prod(len(a) for a in matching if SEED not in a[0])
+            count = math.prod(len(entries) for entries in map(without_seeds, matching) if entries)
             raise fail(source, where, f"{_selector_text(selector)} selects {count} points of "
                        f"profile {profile} (they differ in {', '.join(varying)}); a claim's "
                        "point must select one point (its seeds are aggregated): add keys")

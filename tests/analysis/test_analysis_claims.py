@@ -177,8 +177,9 @@ def test_monotone_on_images_per_s_uses_the_median_over_epochs(runs: Runs) -> Non
 
 # batch_size.yaml's local layout: seeds zipped with the axis, so batch 4 and 8 (the close pair)
 # run seeds 0-2 and batch 2 and 16 seed 0 only. Hand-computed: 4 vs 8 is paired (same-seed
-# differences 8 - 4 of +1, +2, +3: mean 2 > std 1); 2 vs 4 and 8 vs 16 are not (the larger std,
-# batch 4's / 8's 10 points from the seed effect: 70 / 80 / 90 and 71 / 82 / 93).
+# differences 4 - 8 of -1, -2, -3, shown as -2.0 ± 1.0: 8 above 4 by 2 > std 1); 2 vs 4 and
+# 8 vs 16 are not (the larger std, batch 4's / 8's 10 points from the seed effect: 70 / 80 / 90
+# and 71 / 82 / 93).
 ZIPPED = claims_of([{"id": "m", "kind": "monotone", "axis": "optim.batch_size",
                      "direction": "increasing", "source": "Table 9", "paper": "x"}],
                    zip={"optim.batch_size": [2, 4, 4, 4, 8, 8, 8, 16],
@@ -199,6 +200,7 @@ def test_monotone_with_seeds_zipped_pairs_the_points_that_share_them(
     assert "batch_size=4 80.0 ± 10.0 (3 seeds) < batch_size=8 82.0 ± 11.0 (3 seeds) " \
            "[same-seed difference -2.0 ± 1.0]" in result.measured
     assert [pair["between"] for pair in result.values["paired"]] == [[1, 2]]
+
 
 # --------------------------------------------------------------------------------------------
 # collapses and healthy
