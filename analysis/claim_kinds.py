@@ -297,9 +297,21 @@ def teacher_above_student(claim: Claim, runs: Sequence[RunData]) -> Outcome:
                                               "epochs": epochs}
 
 
+def teacher_not_above_student(claim: Claim, runs: Sequence[RunData]) -> Outcome:
+    """The negation of `teacher_above_student` (the paper's "this does not happen with the
+    previous-epoch teacher"): holds when at an evaluated epoch of the window the teacher is
+    below its student beyond the seeds' spread, fails when it is above at every one, else
+    undecided. The measured line is the same."""
+    verdict, line, values = teacher_above_student(claim, runs)
+    negated: dict[Verdict, Verdict] = {"holds": "fails", "fails": "holds",
+                                       "undecided": "undecided"}
+    return negated[verdict], line, values
+
+
 EVALUATORS: dict[str, Callable[[Claim, Sequence[RunData]], Outcome]] = {
     "order": order, "collapses": collapses, "healthy": healthy, "below_init": below_init,
     "above_init": above_init, "flat": flat, "monotone": monotone,
     "teacher_above_student": teacher_above_student,
+    "teacher_not_above_student": teacher_not_above_student,
 }
 assert set(EVALUATORS) == set(KINDS)

@@ -60,12 +60,14 @@ class EpochSums:
 
 
 def run_steps(loop: Loop, epoch: int) -> EpochSums:
-    """The optimizer steps of `epoch`; stops at the first log point after a non-finite loss.
+    """The optimizer steps of `epoch` (the teacher rule told first that it starts); stops at
+    the first log point after a non-finite loss.
 
     The finiteness check and the log happen every `runtime.log_every_steps` steps and at the
     epoch's end only, so the GPU is synchronised that rarely.
     """
     cfg, device, steps_per_epoch = loop.cfg, loop.device, loop.steps_per_epoch
+    loop.state.rule.start_of_epoch()
     sums = torch.zeros(5, device=device)  # loss, entropy, batch entropy, kl, bad-step+1
     first_bad = torch.zeros((), device=device)
     for i in range(steps_per_epoch):
@@ -102,7 +104,7 @@ def _log_progress(loop: Loop, epoch: int, step: int, mean_loss: float) -> None:
 
 
 def epoch_record(loop: Loop, epoch: int, sums: torch.Tensor, t0: float) -> dict[str, Any]:
-    """Average `sums` over ranks, end the teacher rule's epoch, evaluate; metrics.jsonl's line.
+    """Average `sums` over ranks, evaluate; metrics.jsonl's line.
 
     `t0` is when the epoch's first step began (time.perf_counter()).
     """
@@ -110,7 +112,6 @@ def epoch_record(loop: Loop, epoch: int, sums: torch.Tensor, t0: float) -> dict[
     train_seconds = time.perf_counter() - t0
     dist.all_reduce_sum(sums)
     sums /= loop.info.world_size
-    loop.state.rule.end_of_epoch()
     last_step = (epoch + 1) * steps_per_epoch - 1
     record: dict[str, Any] = {
         "epoch": epoch + 1, "step": last_step + 1,

@@ -3,6 +3,10 @@
 Each rule is told about three moments of the loop and may copy or average the student's
 parameters into the teacher's; the teacher's weights themselves are the only state, and they
 are checkpointed. Buffers (none in a ViT without BN) are not averaged, as in the official code.
+
+The end-of-epoch evaluation and checkpoint see the teacher that trained the epoch: the
+previous-epoch rule copies the student when the next epoch starts, not when this one ends (a
+copy before the evaluation would make that teacher's k-NN its student's at every epoch).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ class TeacherRule:
     def after_optimizer_step(self, scheduled_momentum: float) -> None:
         pass
 
-    def end_of_epoch(self) -> None:
+    def start_of_epoch(self) -> None:
         pass
 
 
@@ -69,9 +73,13 @@ class PreviousIterationTeacher(TeacherRule):
 
 
 class PreviousEpochTeacher(TeacherRule):
-    """The student as it was at the end of the previous epoch (frozen during an epoch)."""
+    """The student as it was at the end of the previous epoch (frozen during an epoch).
 
-    def end_of_epoch(self) -> None:
+    The copy happens as an epoch starts (a no-op at epoch 0, where the two are equal; after a
+    resume, the restored student is the previous epoch's end), so the epoch's metrics, its
+    evaluation and its checkpoint hold the teacher that trained it."""
+
+    def start_of_epoch(self) -> None:
         self.copy_student()
 
 

@@ -1,8 +1,14 @@
-"""Teacher update rules on a toy model: what the teacher holds after each moment."""
+"""Teacher update rules on a toy model: what the teacher holds after each moment; and in a
+real (tiny) digits run, which teacher the end-of-epoch evaluation and checkpoint see."""
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from dino_ablate.teacher import make_teacher_rule
+from tests.tiny import run_train
 
 
 def _params(v: float) -> list[torch.Tensor]:
@@ -48,5 +54,29 @@ def test_previous_epoch_frozen_within_epoch() -> None:
     _step(s, rule, 2.0)
     _step(s, rule, 3.0)
     assert float(t[0][0]) == 0.0
-    rule.end_of_epoch()
+    rule.start_of_epoch()
     assert float(t[1][0]) == 3.0
+
+
+@pytest.mark.slow
+def test_previous_epoch_teacher_is_evaluated_and_saved_as_it_trained(tmp_path: Path) -> None:
+    """Epoch e's metrics and checkpoint hold the teacher that trained epoch e: the student of
+    the end of epoch e - 1 (the initial weights in epoch 1), not the copy made for e + 1.
+    Copying at the end of the epoch, before the evaluation, made the teacher's k-NN equal its
+    student's at every epoch and the saved teacher a copy of the saved student."""
+    run_train(tmp_path, "teacher.update=previous_epoch")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    init = json.loads((tmp_path / "init.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[0]["knn_teacher"] == init["knn_teacher_init"]
+    assert [r["knn_teacher"] for r in rows[1:]] == [r["knn_student"] for r in rows[:-1]]
+
+    def load(name: str) -> dict:  # type: ignore[type-arg]
+        return torch.load(tmp_path / "checkpoints" / name, map_location="cpu",
+                          weights_only=True)
+
+    last, previous = load("last.pt"), load("previous.pt")
+    assert (last["epoch"], previous["epoch"]) == (3, 2)
+    teacher, student = last["teacher"], previous["student"]
+    assert all(torch.equal(teacher[k], student[k]) for k in teacher)
+    assert not all(torch.equal(teacher[k], last["student"][k]) for k in teacher)

@@ -81,6 +81,8 @@ KINDS: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
     "monotone": (("axis", "direction", "metric"), ("axis", "direction"), tuple(METRICS)),
     "teacher_above_student": (("point", "over", "metric"), ("point",),
                               ("knn_teacher", "linear_teacher")),
+    "teacher_not_above_student": (("point", "over", "metric"), ("point",),
+                                  ("knn_teacher", "linear_teacher")),
 }
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -92,7 +94,7 @@ class Claim:
     Attributes:
         id, kind, source: as written (`source` names the table or figure).
         paper: the paper's numbers as one line of text (`ema 72.8, previous_epoch 66.6`).
-        metric: what `order`, `flat`, `monotone`, `*_init` and `teacher_above_student`
+        metric: what `order`, `flat`, `monotone`, `*_init` and `teacher_*above_student`
             compare (`collapses` and `healthy` read entropy and KL).
         points: the selected points, each a selector (axis key -> value): one for the point
             kinds, the list for `order` and `flat`, the points along the axis in ascending

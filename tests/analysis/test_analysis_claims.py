@@ -427,6 +427,35 @@ def test_teacher_above_student_within_the_spread_is_undecided(runs: Runs) -> Non
     assert one(_above(), runs).verdict == "undecided"
 
 
+def _not_above() -> tuple[Claim, ...]:
+    return claims_of([{"id": "n", "kind": "teacher_not_above_student",
+                       "point": {"teacher.update": "previous_epoch"}, "source": "Sec. 5.2",
+                       "paper": "not the case with the previous-epoch teacher"}],
+                     grid={"teacher.update": ["ema", "previous_epoch"]}, seeds=[0, 1])
+
+
+def test_teacher_not_above_student_is_the_negation(runs: Runs) -> None:
+    """Below at one epoch of the second half: holds; above at all: fails; a teacher below
+    only in the first half is above over the window: fails."""
+    rows = synth.make_records(EPOCHS, knn_teacher_final=0.7, knn_student_final=0.6)
+    rows[7]["knn_teacher"] = 0.01  # epoch 8: far below its student
+    runs.add({"teacher.update": "previous_epoch"}, records=rows)
+    result = one(_not_above(), runs)
+    assert result.verdict == "holds" and "teacher below at epochs [8]" in result.measured
+    rows[7]["knn_teacher"] = 0.7
+    rows[1]["knn_teacher"] = 0.01  # first half: outside the window
+    other = Runs(runs.root / "above")
+    other.add({"teacher.update": "previous_epoch"}, records=rows)
+    assert one(_not_above(), other).verdict == "fails"
+
+
+def test_teacher_not_above_student_within_the_spread_is_undecided(runs: Runs) -> None:
+    for seed, student in enumerate((0.60, 0.72)):  # teacher 0.7: +10 and -2 points
+        runs.add({"teacher.update": "previous_epoch"}, seed=seed, knn_teacher_final=0.7,
+                 knn_student_final=student)
+    assert one(_not_above(), runs).verdict == "undecided"
+
+
 # --------------------------------------------------------------------------------------------
 # summary
 
