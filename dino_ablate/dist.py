@@ -98,6 +98,12 @@ def all_reduce_sum(tensor: torch.Tensor) -> None:
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
 
 
+def all_reduce_max(tensor: torch.Tensor) -> None:
+    """In-place maximum over ranks; a no-op in one process."""
+    if is_initialized():
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+
+
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate equally shaped tensors of all ranks along dim 0, in rank order."""
     if not is_initialized():

@@ -39,9 +39,14 @@ def sinkhorn_distribution(teacher_logits: torch.Tensor, teacher_temp: float,
     """Sinkhorn-Knopp targets (SwAV; Table 7 row 3) over the global batch of all ranks.
 
     Rows are samples (n, K). Alternately normalises prototypes to equal mass and samples to
-    unit mass; returns rows that sum to 1.
+    unit mass; returns rows that sum to 1. The logits are shifted by their maximum over every
+    rank before the exponential (overflow): one constant for the whole global batch cancels in
+    the normalisation, so the targets do not depend on how the batch is split over ranks (a
+    per-rank maximum would weight each rank's samples by exp(-max_r / tau)).
     """
-    q = torch.exp((teacher_logits - teacher_logits.max()).float() / teacher_temp).t()  # (K, n)
+    top = teacher_logits.max().float()
+    dist.all_reduce_max(top)
+    q = torch.exp((teacher_logits.float() - top) / teacher_temp).t()  # (K, n)
     k_dim = q.shape[0]
     n_total = torch.tensor(float(q.shape[1]), device=q.device)
     dist.all_reduce_sum(n_total)
@@ -89,7 +94,11 @@ def dino_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, student
     with torch.no_grad():
         all_pt = teacher_probs.float()
         entropy = -(all_pt * torch.log(all_pt.clamp_min(1e-30))).sum(-1).mean()
-        mean_pt = all_pt.mean(0)
+        # the mean target over the global batch (every rank's crops), as the docs define it:
+        # an entropy of per-rank means would fall as the world size grows
+        mean_pt = all_pt.sum(0)
+        dist.all_reduce_sum(mean_pt)
+        mean_pt /= all_pt.shape[0] * dist.world_size()
         batch_entropy = -(mean_pt * torch.log(mean_pt.clamp_min(1e-30))).sum()
         # Each teacher crop is paired with the same number of student crops, so the mean
         # pair entropy equals the mean teacher entropy: KL = CE - h (Eq. 5).

@@ -173,6 +173,12 @@ def _set_up_torch(cfg: RunConfig, info: dist.DistEnv, device: torch.device
     if cfg.runtime.deterministic:
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(cfg.seed)  # the same on every rank, as the official code
+    return autocast_dtype(cfg, device)
+
+
+def autocast_dtype(cfg: RunConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast when `runtime.precision` is bf16, or auto on a GPU; None: fp32. The
+    trainer's choice, which evaluations of its checkpoints repeat (`dino-ablate eval`)."""
     return torch.bfloat16 if (
         cfg.runtime.precision == "bf16"
         or (cfg.runtime.precision == "auto" and device.type == "cuda")) else None

@@ -125,9 +125,12 @@ def test_pixel_baselines_are_cached_per_data_set(digits, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_run_records_the_probe_and_eval_reproduces_it(tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["auto", "bf16"])  # auto: fp32 on the CPU
+def test_run_records_the_probe_and_eval_reproduces_it(tmp_path, capsys, precision):
+    """`dino-ablate eval` repeats the trainer's evaluation, its precision included (a bf16 run
+    on the CPU was evaluated in fp32 before)."""
     run = tmp_path / "run"
-    run_train(run, "epochs=2", "eval.linear_every_epochs=1")
+    run_train(run, "epochs=2", "eval.linear_every_epochs=1", f"runtime.precision={precision}")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(0 < r["linear_teacher"] <= 1 and 0 < r["linear_student"] <= 1 for r in records)

@@ -322,3 +322,61 @@ def test_sinkhorn_is_shift_invariant_and_finite_for_large_logits() -> None:
     shifted = sinkhorn_distribution(logits + 1000.0, 0.1, 3)
     assert torch.isfinite(shifted).all()
     torch.testing.assert_close(shifted, base)
+
+
+# --------------------------------------------------------------------------------------------
+# two ranks (gloo on loopback): the global-batch quantities do not depend on the split
+
+
+def _split(x: torch.Tensor, chunks: int, rank: int) -> torch.Tensor:
+    """Rank `rank`'s half of each of the `chunks` crop blocks (crop-major rows)."""
+    return torch.cat([c.chunk(2)[rank] for c in x.chunk(chunks)])
+
+
+def _two_rank_worker(rank: int, port: int, out: str) -> None:
+    import datetime
+
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                  world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        logits, student, teacher = _two_rank_inputs()
+        q = sinkhorn_distribution(logits.chunk(2)[rank], 0.1, 3)
+        loss = dino_loss(_split(student, 4, rank),
+                         teacher_distribution(_split(teacher, 2, rank), None, 0.04), 0.1, 4)
+        torch.save({"sinkhorn": q, "batch_entropy": loss.teacher_batch_entropy},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def _two_rank_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(8, 5, generator=g)
+    logits[4:] += 3.0  # rank 1's rows: a larger maximum than rank 0's
+    return logits, torch.randn(4 * 6, 5, generator=g), torch.randn(2 * 6, 5, generator=g)
+
+
+@pytest.mark.slow  # two spawned interpreters
+def test_sinkhorn_and_batch_entropy_do_not_depend_on_the_rank_split(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Sinkhorn-Knopp targets and the batch-mean entropy are over the global batch: 2 ranks
+    holding half of it each get what one process gets for the whole (a per-rank max in the
+    Sinkhorn exponential, or a per-rank batch mean, would not)."""
+    import os
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2)
+    logits, student, teacher = _two_rank_inputs()
+    whole_q = sinkhorn_distribution(logits, 0.1, 3)
+    whole = dino_loss(student, teacher_distribution(teacher, None, 0.04), 0.1, 4)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(got["sinkhorn"], whole_q.chunk(2)[rank])
+        torch.testing.assert_close(got["batch_entropy"], whole.teacher_batch_entropy)

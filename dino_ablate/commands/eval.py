@@ -55,14 +55,13 @@ def evaluate_run(run_dir: Path, which: str, wanted: list[str]) -> tuple[dict[str
     from dino_ablate.evaluate import Evaluator
     from dino_ablate.export import open_run_checkpoint
     from dino_ablate.model import build_networks, set_fused_attention
-    from dino_ablate.train import fused_attention, pick_device
+    from dino_ablate.train import autocast_dtype, fused_attention, pick_device
 
     cfg, _, source, state = open_run_checkpoint(run_dir, which)
     device = pick_device(cfg)
     if cfg.runtime.threads:  # the trainer's thread count and attention path: same features
         torch.set_num_threads(cfg.runtime.threads)
-    autocast = torch.bfloat16 if device.type == "cuda" and cfg.runtime.precision != "fp32" \
-        else None
+    autocast = autocast_dtype(cfg, device)  # the trainer's precision: the same features
     data = load_data(cfg.data, device)
     student, teacher = build_networks(cfg.model, cfg.head, cfg.data.global_crop_size,
                                       data.channels)
