@@ -229,7 +229,8 @@ class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
     precision: Literal["auto", "fp32", "bf16"] = _f(
         "auto", "auto = bf16 autocast on GPU, fp32 on CPU")
-    deterministic: bool = _f(False, "deterministic algorithms (bit-identical resume on CPU)")
+    deterministic: bool = _f(False, "deterministic algorithms (bit-identical resume on CPU "
+                                    "with an in-memory data set)")
     compile: bool = _f(False, "torch.compile the student and teacher (GPU)")
     threads: int | None = _f(None, "torch intra-op threads per rank; null = torch's default "
                              "(OMP_NUM_THREADS if set: the Ray backend sets it to the trial's "

@@ -7,8 +7,11 @@ device and are augmented in batches there (`augment.MultiCropAugment`); `data.tr
 trains on a fixed subset of their train split (`train_subset`). Image folders decode with PIL
 in loader workers and apply the official per-image torchvision pipeline.
 
-Every rank sees its slice of the same seeded global batch, so the data of a step depends only on
-(seed, step) and not on the world size, and a resume needs only the step.
+Every rank sees its slice of the same seeded global batch, so the images of a step depend only
+on (seed, step) and not on the world size. For in-memory sets their crops do too, and a resume
+needs only the step. Image folders draw their crops in the loader workers, from the workers'
+random state as the official code does: a resumed run, or one with another world size or
+worker count, trains on the same images with other crops.
 """
 
 from __future__ import annotations
