@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
 from dino_ablate.linear import resolve_protocol
 from dino_ablate.linear_paper import make_head, run_paper_probe
 from dino_ablate.model import build_backbone
+from tests.multinode import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ((200, 30, 30), (30, 200, 30), (30, 30, 200))
@@ -254,12 +254,6 @@ def _ddp_worker(rank: int, root: str, out: str, port: int) -> None:
         torch_dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow  # two spawned interpreters
 def test_two_rank_ddp_equals_one_process(reference: Path, data_root: Path,
                                          tmp_path: Path) -> None:
@@ -270,7 +264,7 @@ def test_two_rank_ddp_equals_one_process(reference: Path, data_root: Path,
 
     out = tmp_path / "run" / "linear"
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_ddp_worker, args=(str(data_root), str(out), _free_port()), nprocs=2)
+    mp.spawn(_ddp_worker, args=(str(data_root), str(out), free_port("127.0.0.1")), nprocs=2)
     _assert_same_heads(reference, out, atol=1e-5)
     ddp, single = _metrics(out), _metrics(reference)
     assert [r["epoch"] for r in ddp] == [1, 2, 3]

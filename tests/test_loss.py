@@ -364,15 +364,13 @@ def test_sinkhorn_and_batch_entropy_do_not_depend_on_the_rank_split(tmp_path) ->
     holding half of it each get what one process gets for the whole (a per-rank max in the
     Sinkhorn exponential, or a per-rank batch mean, would not)."""
     import os
-    import socket
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    from tests.multinode import free_port
+
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2)
+    mp.spawn(_two_rank_worker, args=(free_port("127.0.0.1"), str(tmp_path)), nprocs=2)
     logits, student, teacher = _two_rank_inputs()
     whole_q = sinkhorn_distribution(logits, 0.1, 3)
     whole = dino_loss(student, teacher_distribution(teacher, None, 0.04), 0.1, 4)

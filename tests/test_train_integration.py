@@ -1,13 +1,13 @@
 """The real trainer end to end: run directory, DDP equivalence, kill-and-resume, divergence."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tests.multinode import free_port
 from tests.tiny import run_train
 
 TIMING = {"images_per_s", "epoch_seconds", "eval_seconds", "linear_seconds", "peak_memory_mb"}
@@ -19,12 +19,6 @@ def _metrics(run: Path) -> list[dict]:
 
 def _semantic(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +102,7 @@ def test_ddp_two_processes_match_one(tmp_path: Path) -> None:
     extra = ("model.drop_path_rate=0.0", "epochs=2", "runtime.deterministic=true")
     one, two = tmp_path / "one", tmp_path / "two"
     run_train(one, *extra)
-    run_train(two, *extra, nproc=2, port=_free_port())
+    run_train(two, *extra, nproc=2, port=free_port("127.0.0.1"))
     m1, m2 = _metrics(one), _metrics(two)
     for a, b in zip(m1, m2, strict=True):
         for key in ("loss", "teacher_entropy", "kl_teacher_student"):
