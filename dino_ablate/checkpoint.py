@@ -197,7 +197,14 @@ def _load_one(path: Path) -> dict[str, Any]:
 
 def load_latest(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The newest valid checkpoint of the run whose config is `config`, or None when there
-    is none.
+    is none (`latest_usable` without the list of unusable files)."""
+    return latest_usable(folder, config)[0]
+
+
+def latest_usable(folder: Path, config: dict[str, Any]
+                  ) -> tuple[dict[str, Any] | None, list[Path]]:
+    """The newest valid checkpoint of the run whose config is `config` (None when there is
+    none), and the checkpoint files found unusable before it.
 
     A truncated or corrupt `last.pt` is skipped with a warning naming the file, and the run
     resumes from `previous.pt`. A checkpoint of another run (its stored config differs in a
@@ -206,6 +213,7 @@ def load_latest(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     workers) may differ. Checkpoints written before the identity existed store the config
     without `runtime`; they load.
     """
+    unusable: list[Path] = []
     for name in (LAST, PREVIOUS):
         path = folder / name
         if not path.exists():
@@ -214,10 +222,26 @@ def load_latest(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
             state = _load_one(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, loudly
             log.warning("checkpoint %s is unusable (%s); trying the previous one", path, exc)
+            unusable.append(path)
             continue
         diff = first_difference(state["config"], config)
         if diff is not None:
             raise ConfigError(f"{path} was written by a different run ({diff}); refusing to "
                               "overwrite it: choose another --out", key=diff.split(":", 1)[0])
-        return state
-    return None
+        return state, unusable
+    return None, unusable
+
+
+def read_best(folder: Path) -> tuple[int, float] | None:
+    """(epoch, teacher kNN) that `best_knn.pt` holds; None when there is none.
+
+    Raises ValueError when the file is unreadable or lacks them.
+    """
+    path = folder / BEST_KNN
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state["epoch"]), float(state["knn_teacher"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported as one error
+        raise ValueError(f"{path} is unreadable ({exc})") from exc

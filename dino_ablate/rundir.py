@@ -35,13 +35,24 @@ from dino_ablate.contract import (
 )
 
 # read_json, write_atomic and write_json are the contract's; re-exported for the launchers
-__all__ = ["RunDir", "read_json", "write_atomic", "write_json"]
+__all__ = ["RunDir", "aside_path", "read_json", "write_atomic", "write_json"]
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def aside_path(path: Path, why: str) -> Path:
+    """A free name beside `path` for a file set aside: `<name>.<why>-<UTC time>[-n]`."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    side = path.with_name(f"{path.name}.{why}-{stamp}")
+    n = 1
+    while side.exists():
+        side = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
+        n += 1
+    return side
 
 
 class RunDir:
@@ -103,12 +114,7 @@ class RunDir:
         extra = lines[len(records):]
         side = None
         if any(line.strip() for line in extra):
-            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-            side = self.path / f"{self.metrics.name}.orphaned-{stamp}"
-            for n in range(1, 1000):
-                if not side.exists():
-                    break
-                side = self.path / f"{self.metrics.name}.orphaned-{stamp}-{n}"
+            side = aside_path(self.metrics, "orphaned")
             write_atomic(side, b"".join(extra))
         self.write_metrics(records)
         return side

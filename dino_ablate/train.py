@@ -10,6 +10,7 @@ import errno
 import functools
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from dino_ablate.model import (
     set_fused_attention,
     teacher_pairs,
 )
-from dino_ablate.rundir import RunDir
+from dino_ablate.rundir import RunDir, aside_path
 from dino_ablate.schedules import Schedules
 from dino_ablate.step import TrainState, param_groups
 from dino_ablate.teacher import make_teacher_rule
@@ -148,7 +149,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
             _save_epoch(rd, checkpoint.pack(loop.state, loop.student, step=record["step"],
                                             epoch=epoch + 1, metrics=loop.history,
                                             config=loop.config, device=device), record)
-            _save_best_knn(rd, loop.history, loop.student, loop.state.teacher)
+            _save_best_knn(rd, loop)
             rd.write_status("running", epoch + 1, cfg.epochs, record["step"])
             _log_epoch(cfg, record)
         dist.barrier()
@@ -206,12 +207,16 @@ def _start(cfg: RunConfig, rd: RunDir, data: TrainData, info: dist.DistEnv,
     state = build_state(cfg, data.channels, device, autocast_dtype)
     config = to_dict(cfg)
     # Before anything is written: a checkpoint of another run is refused like config.yaml.
-    saved = checkpoint.load_latest(rd.checkpoints, config)
+    saved, unusable = checkpoint.latest_usable(rd.checkpoints, config)
     if is_main:
         rd.write_config(config)  # the same run: record this config's runtime, root, workers
     embed_dim = int(state.teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
     evaluator = Evaluator(cfg, data, embed_dim, device, autocast_dtype)
     start_step, history = _restore(rd, saved, state, evaluator, device, is_main)
+    best_knn = None
+    if is_main:
+        _set_aside(unusable, "unusable", "it is not loadable")
+        best_knn = _reconcile_best(rd, history, state)
     if is_main and saved is not None:
         log.info("resuming %s at epoch %d (step %d)", rd.path,
                  start_step // sched.steps_per_epoch, start_step)
@@ -225,7 +230,7 @@ def _start(cfg: RunConfig, rd: RunDir, data: TrainData, info: dist.DistEnv,
     return Loop(cfg=cfg, data=data, state=state, sched=sched, evaluator=evaluator, info=info,
                 device=device, run_dir=rd.path, model=model, student=student, config=config,
                 history=history, start_step=start_step, run_start=time.perf_counter(),
-                nan_step=faults.nan_step(rd.path))
+                nan_step=faults.nan_step(rd.path), best_knn=best_knn)
 
 
 def _restore(rd: RunDir, saved: dict[str, Any] | None, state: TrainState,
@@ -305,16 +310,67 @@ def _restore_metrics(rd: RunDir, history: list[dict[str, Any]]) -> None:
                     "resumed from; they are kept in %s", len(history), side)
 
 
-def _save_best_knn(rd: RunDir, history: list[dict[str, Any]], student: torch.nn.Module,
-                   teacher: torch.nn.Module) -> None:
+def _save_best_knn(rd: RunDir, loop: Loop) -> None:
     """Keep the weights of the epoch with the best teacher kNN so far (`export --which`)."""
-    value = history[-1]["knn_teacher"]
-    earlier = [r["knn_teacher"] for r in history[:-1] if r.get("knn_teacher") is not None]
-    if value is None or not math.isfinite(value) or (earlier and value <= max(earlier)):
+    value = loop.history[-1]["knn_teacher"]
+    if value is None or not math.isfinite(value) or (
+            loop.best_knn is not None and value <= loop.best_knn):
         return
+    _write_best(rd, loop.student, loop.state.teacher, loop.history[-1])
+    loop.best_knn = value
+
+
+def _write_best(rd: RunDir, student: torch.nn.Module, teacher: torch.nn.Module,
+                record: dict[str, Any]) -> None:
     checkpoint.save_best(rd.checkpoints, {"student": student.state_dict(),
                                           "teacher": teacher.state_dict(),
-                                          "epoch": history[-1]["epoch"], "knn_teacher": value})
+                                          "epoch": record["epoch"],
+                                          "knn_teacher": record["knn_teacher"]})
+
+
+def _set_aside(paths: list[Path], why: str, because: str) -> None:
+    """Rename each file to `<name>.<why>-<UTC time>` beside it: kept, never overwritten."""
+    for path in paths:
+        side = aside_path(path, why)
+        os.replace(path, side)
+        log.warning("%s is set aside as %s: %s", path.name, side, because)
+
+
+def _reconcile_best(rd: RunDir, history: list[dict[str, Any]], state: TrainState
+                    ) -> float | None:
+    """Make best_knn.pt agree with the epochs resumed (`history`); returns the teacher kNN
+    it then holds (None: no best_knn.pt).
+
+    A best_knn.pt of an epoch the resumed checkpoint does not hold (after a fall-back to
+    previous.pt, or a restart without a checkpoint), or one that cannot be read, is set aside
+    as `best_knn.pt.orphaned-<UTC time>`: it is never overwritten, and from then on best_knn.pt
+    holds the best of the epochs whose weights were kept. When the resumed epoch itself is the
+    best so far and best_knn.pt does not hold it (a kill between the two writes of an epoch),
+    it is written from the restored weights.
+    """
+    try:
+        stored = checkpoint.read_best(rd.checkpoints)
+        problem = None
+    except ValueError as exc:
+        stored, problem = None, str(exc)
+    if stored is not None:
+        epoch, value = stored
+        record = history[epoch - 1] if 1 <= epoch <= len(history) else None
+        if record is None or record.get("knn_teacher") != value:
+            problem = (f"it holds epoch {epoch} (teacher kNN {value:.4f}), which the "
+                       f"checkpoint resumed from (epoch {len(history)}) does not")
+            stored = None
+    if problem is not None:
+        _set_aside([rd.checkpoints / checkpoint.BEST_KNN], "orphaned", problem)
+    best = stored[1] if stored is not None else None
+    knns = [r["knn_teacher"] for r in history
+            if r.get("knn_teacher") is not None and math.isfinite(r["knn_teacher"])]
+    last = history[-1].get("knn_teacher") if history else None
+    if last is not None and math.isfinite(last) and last == max(knns) and (
+            best is None or last > best):
+        _write_best(rd, state.student, state.teacher, history[-1])
+        best = last
+    return best
 
 
 def _end_of_run(rd: RunDir, evaluator: Evaluator, teacher: torch.nn.Module,

@@ -124,8 +124,23 @@ def test_damaged_last_checkpoint_falls_back_to_previous(straight: Path, tmp_path
     assert res.returncode == -9
     last = out / "checkpoints" / "last.pt"
     data = last.read_bytes()
-    last.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100)
+    damaged = data[: len(data) // 2] if damage == "truncate" else b"\x00garbage" * 100
+    last.write_bytes(damaged)
+    # best_knn.pt as if epoch 2 (lost with last.pt) had been the best, with a kNN no run gets
+    best_path = out / "checkpoints" / "best_knn.pt"
+    best = torch.load(best_path, weights_only=True)
+    torch.save({**best, "epoch": 2, "knn_teacher": 2.0}, best_path)
     res = run_train(out, "runtime.deterministic=true")
     assert f"checkpoint {last} is unusable" in res.stderr
     assert "resuming" in res.stderr and "at epoch 1" in res.stderr
     assert _semantic(_metrics(out)) == _semantic(_metrics(straight))
+    # the damaged file is kept beside, and previous.pt is a loadable spare again
+    (unusable,) = (out / "checkpoints").glob("last.pt.unusable-*")
+    assert unusable.read_bytes() == damaged
+    assert torch.load(out / "checkpoints" / "previous.pt", weights_only=True)["epoch"] == 2
+    # the orphaned best is kept beside; best_knn.pt holds the best epoch of this history
+    (orphan,) = (out / "checkpoints").glob("best_knn.pt.orphaned-*")
+    assert torch.load(orphan, weights_only=True)["knn_teacher"] == 2.0
+    best = torch.load(best_path, weights_only=True)
+    knns = [r["knn_teacher"] for r in _metrics(out)]
+    assert best["knn_teacher"] == max(knns) == knns[best["epoch"] - 1]
