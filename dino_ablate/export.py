@@ -54,12 +54,14 @@ export the same keys, but the official head then computes a different function).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -176,11 +178,15 @@ def read_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     return from_dict(raw, source=str(file)), raw
 
 
-def read_weights(path: Path, hint: str = "") -> dict[str, Any]:
+def read_weights_digest(path: Path, hint: str = "") -> tuple[dict[str, Any], str]:
+    """The checkpoint at `path` and the sha256 of the bytes it was loaded from (one read: a
+    file the trainer replaces meanwhile cannot give the weights of one and the digest of
+    another)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such checkpoint{hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear user error
         raise ConfigError(f"{path}: unreadable checkpoint ({_first_line(exc)})") from exc
     if not isinstance(state, dict):
@@ -188,25 +194,34 @@ def read_weights(path: Path, hint: str = "") -> dict[str, Any]:
     missing = [k for k in (*NETWORKS, "epoch") if k not in state]
     if missing:
         raise ConfigError(f"{path}: not a dino_ablate checkpoint; missing keys {missing}")
-    return state
+    return state, hashlib.sha256(data).hexdigest()
 
 
-def open_run_checkpoint(run_dir: Path, which: str = "last"
-                        ) -> tuple[RunConfig, dict[str, Any], Path, dict[str, Any]]:
-    """(config, raw config, checkpoint path, checkpoint) of `run_dir`'s `which` checkpoint
-    ("last" or "best-knn"); every problem is one ConfigError line."""
+class RunCheckpoint(NamedTuple):
+    """One checkpoint of a run directory, with the run's config."""
+
+    cfg: RunConfig
+    raw: dict[str, Any]  # config.yaml as read
+    source: Path
+    state: dict[str, Any]
+    sha256: str  # of the checkpoint file's bytes
+
+
+def open_run_checkpoint(run_dir: Path, which: str = "last") -> RunCheckpoint:
+    """`run_dir`'s `which` checkpoint ("last" or "best-knn"); every problem is one
+    ConfigError line."""
     if which not in CHECKPOINT_FILES:
         raise ConfigError(f"--which: {which!r} is not one of {', '.join(CHECKPOINT_FILES)}")
     cfg, raw = read_run_config(run_dir)
     source = RunDir(run_dir).checkpoints / CHECKPOINT_FILES[which]
     hint = ("; it is written when the teacher kNN accuracy improves (try --which last)"
             if which == "best-knn" else "")
-    return cfg, raw, source, read_weights(source, hint)
+    return RunCheckpoint(cfg, raw, source, *read_weights_digest(source, hint))
 
 
 def build_export(run_dir: Path, which: str = "last") -> dict[str, Any]:
     """The export mapping of `run_dir`'s `which` checkpoint ("last" or "best-knn")."""
-    cfg, raw, source, state = open_run_checkpoint(run_dir, which)
+    cfg, raw, source, state, _ = open_run_checkpoint(run_dir, which)
     single = cfg.head.num_layers == 1
     networks: dict[str, dict[str, torch.Tensor]] = {}
     for name in NETWORKS:

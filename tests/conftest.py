@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from tests.multinode import descendants
+from tests.multinode import alive, descendants
 
 # The raw-pixel baselines cache (dino_ablate.baselines) of this test session, not the user's
 # home; trials started by Ray or SLURM inherit it through the environment.
@@ -218,14 +218,6 @@ class RayCluster:
     start_seconds: float
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     """Start a 2-CPU loopback-only Ray for the session; shut it down and delete its temp dir.
@@ -258,9 +250,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
     finally:
         ray.shutdown()
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(pid) for pid in ray_pids):
+        while time.monotonic() < deadline and any(alive(pid) for pid in ray_pids):
             time.sleep(0.2)
-        leftover = sorted(pid for pid in ray_pids if _alive(pid))
+        leftover = sorted(pid for pid in ray_pids if alive(pid))
         for pid in leftover:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

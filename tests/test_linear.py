@@ -1,6 +1,7 @@
 """The linear probe: features, the fast protocol against scikit-learn, the pixel baselines, and
 the probe's values in a real run directory."""
 
+import hashlib
 import json
 
 import pytest
@@ -150,6 +151,26 @@ def test_run_records_the_probe_and_eval_reproduces_it(tmp_path, capsys, precisio
         assert result[key] == pytest.approx(records[-1][key], abs=1e-6), key
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before  # the training files are untouched
+    last = run / "checkpoints" / "last.pt"
+    assert result["checkpoint_sha256"] == hashlib.sha256(last.read_bytes()).hexdigest()
+
+    # The same file again: its folder gains the new values and keeps the others.
+    assert main(["eval", str(run), "--knn"]) == 0
+    again = json.loads((run / "eval" / "last-epoch002" / "eval.json").read_text())
+    assert again["linear_teacher"] == result["linear_teacher"]
+    assert not list((run / "eval").glob("*.superseded-*"))
+    # Other weights under the same name (last.pt rewritten for epoch 2, as after a fall-back):
+    # the folder of the old weights is moved aside whole, never mixed with the new values.
+    state = torch.load(last, weights_only=True)
+    state["teacher"] = {k: v * 0.5 if v.is_floating_point() else v
+                        for k, v in state["teacher"].items()}
+    torch.save(state, last)
+    assert main(["eval", str(run), "--knn"]) == 0
+    (side,) = (run / "eval").glob("last-epoch002.superseded-*")
+    assert json.loads((side / "eval.json").read_text()) == again
+    new = json.loads((run / "eval" / "last-epoch002" / "eval.json").read_text())
+    assert new["checkpoint_sha256"] == hashlib.sha256(last.read_bytes()).hexdigest()
+    assert "linear_teacher" not in new and new["knn_student"] == again["knn_student"]
 
 
 def test_eval_of_a_missing_run_is_one_line(tmp_path, capsys):

@@ -3,7 +3,11 @@
 Evaluates a checkpoint of an existing run directory (finished, or still training: the
 checkpoint files are replaced atomically, so a read never sees half of one) without touching
 its training files. Results go to `RUN_DIR/eval/<which>-epoch<NNN>/`: `eval.json`, and
-`attention/` and `linear/` (the resumable paper probe) when asked for.
+`attention/` and `linear/` (the resumable paper probe) when asked for. The folder belongs to
+one checkpoint file, by the sha256 of its bytes: a later evaluation of the same file adds to
+it, one of other weights under the same name (best_knn.pt or last.pt rewritten for the same
+epoch after a fall-back to previous.pt) first moves it aside as
+`<which>-epoch<NNN>.superseded-<UTC time>`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +62,7 @@ def evaluate_run(run_dir: Path, which: str, wanted: list[str]) -> tuple[dict[str
     from dino_ablate.model import build_networks, set_fused_attention
     from dino_ablate.train import autocast_dtype, fused_attention, pick_device
 
-    cfg, _, source, state = open_run_checkpoint(run_dir, which)
+    cfg, _, source, state, digest = open_run_checkpoint(run_dir, which)
     device = pick_device(cfg)
     if cfg.runtime.threads:  # the trainer's thread count and attention path: same features
         torch.set_num_threads(cfg.runtime.threads)
@@ -75,10 +80,10 @@ def evaluate_run(run_dir: Path, which: str, wanted: list[str]) -> tuple[dict[str
     evaluator = Evaluator(cfg, data, embed_dim, device, autocast)
     epoch = int(state["epoch"])
     out_dir = run_dir / "eval" / f"{which}-epoch{epoch:03d}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"which": which, "epoch": epoch, "checkpoint": str(source),
-                              "evaluated": datetime.datetime.now(datetime.UTC)
-                              .isoformat(timespec="seconds")}
+                              "checkpoint_sha256": digest}
+    _open_eval_dir(out_dir, result)
+    result["evaluated"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     if "knn" in wanted:
         result["knn_teacher"], result["knn_student"] = evaluator.knn(teacher), \
             evaluator.knn(student)
@@ -100,3 +105,24 @@ def evaluate_run(run_dir: Path, which: str, wanted: list[str]) -> tuple[dict[str
                        mean=evaluator.display_mean, std=evaluator.display_std, device=device)
         result["attention"] = str(out_dir / "attention")
     return result, out_dir
+
+
+def _open_eval_dir(out_dir: Path, identity: dict[str, Any]) -> None:
+    """Make `out_dir` the folder of the checkpoint `identity` names (module docstring), and
+    record that in eval.json before anything is evaluated, so that an interrupted paper probe
+    resumes only on the same weights."""
+    from dino_ablate.contract import read_json, write_json
+    from dino_ablate.rundir import aside_path
+
+    eval_json = out_dir / "eval.json"
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        prior = read_json(eval_json) or {}
+        if prior.get("checkpoint_sha256") != identity["checkpoint_sha256"]:
+            side = aside_path(out_dir, "superseded")
+            os.replace(out_dir, side)
+            log.warning("%s held the evaluations of other weights (epoch %s of %s, sha256 %s); "
+                        "moved to %s", out_dir, prior.get("epoch", "?"),
+                        prior.get("checkpoint", "?"),
+                        str(prior.get("checkpoint_sha256", "not recorded"))[:12], side)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(eval_json, {**(read_json(eval_json) or {}), **identity})

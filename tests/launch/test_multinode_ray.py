@@ -15,6 +15,8 @@ import pytest
 from launch_helpers import ROOT, cli, metrics_epochs, wait_for_run_epoch
 from multinode_helpers import assert_same_training, one_process_twin, tiny_sweep
 
+from tests.multinode import alive
+
 pytestmark = [pytest.mark.multinode, pytest.mark.ray, pytest.mark.slow]
 
 
@@ -29,14 +31,6 @@ def _rank_pids(run_dir: Path) -> list[int]:
         if "dino_ablate train" in cmdline and str(run_dir) in cmdline:
             found.append(int(proc.name))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _run_dir(sweep_dir: Path) -> Path:
@@ -100,9 +94,9 @@ def test_lost_worker_host_resumes_from_checkpoint(ray_two_nodes: Any, tmp_path: 
         # the lost host's rank dies with its Ray worker, rank 0 with the failed collective or
         # its actor: nothing of the first attempt is left to train alongside the retry
         gone_by = time.monotonic() + 60
-        while any(_alive(pid) for pid in ranks) and time.monotonic() < gone_by:
+        while any(alive(pid) for pid in ranks) and time.monotonic() < gone_by:
             time.sleep(0.5)
-        assert not any(_alive(pid) for pid in ranks), ranks
+        assert not any(alive(pid) for pid in ranks), ranks
         time.sleep(5)  # the retry waits for two nodes: the host comes back after a while
         ray_two_nodes.restart_worker()
         output, _ = driver.communicate(timeout=900)

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from launch_helpers import LOCAL_SMOKE, cli, metrics_epochs, status, wait_for_run_epoch
 
+from tests.multinode import alive
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 #: what a finished run directory holds, whichever backend ran it (docs/run_directory.md plus
@@ -63,14 +65,6 @@ def _pids_with(fragment: str) -> dict[int, int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def test_killed_trial_worker_retries_from_checkpoint(ray_cluster: Any, tmp_path: Path) -> None:
     import os
     import signal
@@ -97,7 +91,7 @@ def test_killed_trial_worker_retries_from_checkpoint(ray_cluster: Any, tmp_path:
         (rank, worker), = ranks.items()
         os.kill(worker, signal.SIGKILL)  # the Ray worker running the trial
         time.sleep(3)
-        assert not _alive(rank), "the trainer outlived its Ray worker"
+        assert not alive(rank), "the trainer outlived its Ray worker"
         output, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
