@@ -183,6 +183,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def load_error(exc: BaseException) -> str:
+    """One line saying why torch.load failed. For a damaged file torch's weights-only loader
+    opens with advice to load it unsafely (weights_only=False), which cannot mend a damaged
+    file: keep only its reason (e.g. "WeightsUnpickler error: Unsupported operand 56")."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        return "WeightsUnpickler error: " + " ".join(reason.split())
+    lines = text.strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def _load_one(path: Path) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
@@ -221,7 +233,8 @@ def latest_usable(folder: Path, config: dict[str, Any]
         try:
             state = _load_one(path)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped, loudly
-            log.warning("checkpoint %s is unusable (%s); trying the previous one", path, exc)
+            log.warning("checkpoint %s is unusable (%s); trying the previous one", path,
+                        load_error(exc))
             unusable.append(path)
             continue
         diff = first_difference(state["config"], config)

@@ -188,7 +188,8 @@ def read_weights_digest(path: Path, hint: str = "") -> tuple[dict[str, Any], str
         data = path.read_bytes()
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear user error
-        raise ConfigError(f"{path}: unreadable checkpoint ({_first_line(exc)})") from exc
+        raise ConfigError(f"{path}: unreadable checkpoint ({checkpoint.load_error(exc)})"
+                          ) from exc
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: unreadable checkpoint (not a mapping)")
     missing = [k for k in (*NETWORKS, "epoch") if k not in state]
@@ -308,7 +309,7 @@ def load_export(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one clear user error
-        raise ConfigError(f"{path}: unreadable export ({_first_line(exc)})") from exc
+        raise ConfigError(f"{path}: unreadable export ({checkpoint.load_error(exc)})") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a dino_ablate export (format {FORMAT})")
     return data

@@ -218,9 +218,15 @@ def test_refuses_missing_or_unreadable_checkpoint(tmp_path: Path,
     out = tmp_path / "model.pth"
     err = _error(capsys, ["export", str(run), "--out", str(out), "--which", "best-knn"])
     assert str(run / "checkpoints" / BEST_KNN) in err and "no such checkpoint" in err
+    real = (run / "checkpoints" / "last.pt").read_bytes()
     (run / "checkpoints" / "last.pt").write_bytes(b"\x00garbage" * 50)
     err = _error(capsys, ["export", str(run), "--out", str(out)])
     assert str(run / "checkpoints" / "last.pt") in err and "unreadable checkpoint" in err
+    # torch's advice to load a damaged file unsafely is not passed on; its reason is
+    assert "weights_only" not in err and "WeightsUnpickler error: " in err
+    (run / "checkpoints" / "last.pt").write_bytes(real[: len(real) // 2])  # a truncated zip
+    err = _error(capsys, ["export", str(run), "--out", str(out)])
+    assert "unreadable checkpoint (" in err and len(err.strip().splitlines()) == 1
     shutil.rmtree(run / "checkpoints")
     err = _error(capsys, ["export", str(run), "--out", str(out)])
     assert "no such checkpoint" in err
