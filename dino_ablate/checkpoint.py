@@ -183,16 +183,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def first_line(exc: BaseException) -> str:
+    """`Type: the first line of the message` of an exception."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def load_error(exc: BaseException) -> str:
-    """One line saying why torch.load failed. For a damaged file torch's weights-only loader
-    opens with advice to load it unsafely (weights_only=False), which cannot mend a damaged
-    file: keep only its reason (e.g. "WeightsUnpickler error: Unsupported operand 56")."""
+    """One line saying why torch.load failed. torch's weights-only loader opens its message
+    with advice to load the file unsafely (weights_only=False), which cannot mend a damaged
+    file and is not ours to give: keep only its reason (e.g. "WeightsUnpickler error:
+    Unsupported operand 56")."""
     text = str(exc)
     if "WeightsUnpickler error:" in text:
         reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
         return "WeightsUnpickler error: " + " ".join(reason.split())
-    lines = text.strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if "Weights only load failed" in text:
+        return "not a plain-tensor checkpoint (torch's weights-only loader refused it)"
+    return first_line(exc)
 
 
 def _load_one(path: Path) -> dict[str, Any]:
@@ -257,4 +265,4 @@ def read_best(folder: Path) -> tuple[int, float] | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         return int(state["epoch"]), float(state["knn_teacher"])
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported as one error
-        raise ValueError(f"{path} is unreadable ({exc})") from exc
+        raise ValueError(f"{path} is unreadable ({load_error(exc)})") from exc

@@ -45,7 +45,6 @@ class Loop:
     start_step: int  # the step this process started (or resumed) at, for the rate and ETA
     run_start: float  # time.perf_counter() when this process started training
     nan_step: int | None  # fault hook: the step whose crops are made NaN
-    best_knn: float | None = None  # the teacher kNN best_knn.pt holds (rank 0; None: none)
 
     @property
     def steps_per_epoch(self) -> int:

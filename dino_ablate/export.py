@@ -95,11 +95,6 @@ class ExportResult:
     num_tensors: int
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def official_key(key: str, single_linear_mlp: bool) -> str:
     """The official name of one of our MultiCropNetwork state-dict keys (see module doc)."""
     key = key.removeprefix("module.")
@@ -237,7 +232,7 @@ def build_export(run_dir: Path, which: str = "last") -> dict[str, Any]:
         model.load_state_dict(backbone_state(networks["student"]), strict=True)
     except RuntimeError as exc:
         raise ConfigError(f"{source}: does not match {run_dir / 'config.yaml'} "
-                          f"({_first_line(exc)})") from exc
+                          f"({checkpoint.first_line(exc)})") from exc
     blocks: Any = model.blocks
     kwargs.update(embed_dim=int(blocks[0].norm1.normalized_shape[0]), depth=len(blocks),
                   num_heads=int(blocks[0].attn.num_heads))

@@ -149,7 +149,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
             _save_epoch(rd, checkpoint.pack(loop.state, loop.student, step=record["step"],
                                             epoch=epoch + 1, metrics=loop.history,
                                             config=loop.config, device=device), record)
-            _save_best_knn(rd, loop)
+            _save_best_knn(rd, loop.history, loop.student, loop.state.teacher)
             rd.write_status("running", epoch + 1, cfg.epochs, record["step"])
             _log_epoch(cfg, record)
         dist.barrier()
@@ -213,10 +213,9 @@ def _start(cfg: RunConfig, rd: RunDir, data: TrainData, info: dist.DistEnv,
     embed_dim = int(state.teacher.backbone.num_features)  # type: ignore[union-attr, arg-type]
     evaluator = Evaluator(cfg, data, embed_dim, device, autocast_dtype)
     start_step, history = _restore(rd, saved, state, evaluator, device, is_main)
-    best_knn = None
     if is_main:
         _set_aside(unusable, "unusable", "it is not loadable")
-        best_knn = _reconcile_best(rd, history, state)
+        _reconcile_best(rd, history, state)
     if is_main and saved is not None:
         log.info("resuming %s at epoch %d (step %d)", rd.path,
                  start_step // sched.steps_per_epoch, start_step)
@@ -230,7 +229,7 @@ def _start(cfg: RunConfig, rd: RunDir, data: TrainData, info: dist.DistEnv,
     return Loop(cfg=cfg, data=data, state=state, sched=sched, evaluator=evaluator, info=info,
                 device=device, run_dir=rd.path, model=model, student=student, config=config,
                 history=history, start_step=start_step, run_start=time.perf_counter(),
-                nan_step=faults.nan_step(rd.path), best_knn=best_knn)
+                nan_step=faults.nan_step(rd.path))
 
 
 def _restore(rd: RunDir, saved: dict[str, Any] | None, state: TrainState,
@@ -310,14 +309,19 @@ def _restore_metrics(rd: RunDir, history: list[dict[str, Any]]) -> None:
                     "resumed from; they are kept in %s", len(history), side)
 
 
-def _save_best_knn(rd: RunDir, loop: Loop) -> None:
+def _save_best_knn(rd: RunDir, history: list[dict[str, Any]], student: torch.nn.Module,
+                   teacher: torch.nn.Module) -> None:
     """Keep the weights of the epoch with the best teacher kNN so far (`export --which`)."""
-    value = loop.history[-1]["knn_teacher"]
-    if value is None or not math.isfinite(value) or (
-            loop.best_knn is not None and value <= loop.best_knn):
+    value = history[-1]["knn_teacher"]
+    earlier = _knns(history[:-1])
+    if value is None or not math.isfinite(value) or (earlier and value <= max(earlier)):
         return
-    _write_best(rd, loop.student, loop.state.teacher, loop.history[-1])
-    loop.best_knn = value
+    _write_best(rd, student, teacher, history[-1])
+
+
+def _knns(history: list[dict[str, Any]]) -> list[float]:
+    return [r["knn_teacher"] for r in history
+            if r.get("knn_teacher") is not None and math.isfinite(r["knn_teacher"])]
 
 
 def _write_best(rd: RunDir, student: torch.nn.Module, teacher: torch.nn.Module,
@@ -336,17 +340,17 @@ def _set_aside(paths: list[Path], why: str, because: str) -> None:
         log.warning("%s is set aside as %s: %s", path.name, side, because)
 
 
-def _reconcile_best(rd: RunDir, history: list[dict[str, Any]], state: TrainState
-                    ) -> float | None:
-    """Make best_knn.pt agree with the epochs resumed (`history`); returns the teacher kNN
-    it then holds (None: no best_knn.pt).
+def _reconcile_best(rd: RunDir, history: list[dict[str, Any]], state: TrainState) -> None:
+    """Make best_knn.pt agree with the epochs resumed (`history`).
 
     A best_knn.pt of an epoch the resumed checkpoint does not hold (after a fall-back to
-    previous.pt, or a restart without a checkpoint), or one that cannot be read, is set aside
-    as `best_knn.pt.orphaned-<UTC time>`: it is never overwritten, and from then on best_knn.pt
-    holds the best of the epochs whose weights were kept. When the resumed epoch itself is the
-    best so far and best_knn.pt does not hold it (a kill between the two writes of an epoch),
-    it is written from the restored weights.
+    previous.pt, or a restart without a checkpoint), one whose kNN differs from that epoch's
+    record, or one that cannot be read is set aside as `best_knn.pt.orphaned-<UTC time>`: it
+    is never overwritten. When the resumed epoch itself is the best so far and best_knn.pt does
+    not hold it (a kill between the two writes of an epoch, or the file set aside), it is
+    written from the restored weights. Otherwise, when the best epoch's weights are gone,
+    there is no best_knn.pt until an epoch beats it: best_knn.pt only ever holds the best
+    epoch of metrics.jsonl.
     """
     try:
         stored = checkpoint.read_best(rd.checkpoints)
@@ -356,21 +360,21 @@ def _reconcile_best(rd: RunDir, history: list[dict[str, Any]], state: TrainState
     if stored is not None:
         epoch, value = stored
         record = history[epoch - 1] if 1 <= epoch <= len(history) else None
-        if record is None or record.get("knn_teacher") != value:
+        if record is None:
             problem = (f"it holds epoch {epoch} (teacher kNN {value:.4f}), which the "
                        f"checkpoint resumed from (epoch {len(history)}) does not")
+        elif record.get("knn_teacher") != value:
+            problem = (f"its teacher kNN {value:.4f} differs from epoch {epoch}'s record "
+                       f"({record.get('knn_teacher')})")
+        if problem is not None:
             stored = None
     if problem is not None:
         _set_aside([rd.checkpoints / checkpoint.BEST_KNN], "orphaned", problem)
-    best = stored[1] if stored is not None else None
-    knns = [r["knn_teacher"] for r in history
-            if r.get("knn_teacher") is not None and math.isfinite(r["knn_teacher"])]
+    knns = _knns(history)
     last = history[-1].get("knn_teacher") if history else None
     if last is not None and math.isfinite(last) and last == max(knns) and (
-            best is None or last > best):
+            stored is None or last > stored[1]):
         _write_best(rd, state.student, state.teacher, history[-1])
-        best = last
-    return best
 
 
 def _end_of_run(rd: RunDir, evaluator: Evaluator, teacher: torch.nn.Module,

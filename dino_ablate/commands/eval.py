@@ -5,9 +5,9 @@ checkpoint files are replaced atomically, so a read never sees half of one) with
 its training files. Results go to `RUN_DIR/eval/<which>-epoch<NNN>/`: `eval.json`, and
 `attention/` and `linear/` (the resumable paper probe) when asked for. The folder belongs to
 one checkpoint file, by the sha256 of its bytes: a later evaluation of the same file adds to
-it, one of other weights under the same name (best_knn.pt or last.pt rewritten for the same
-epoch after a fall-back to previous.pt) first moves it aside as
-`<which>-epoch<NNN>.superseded-<UTC time>`.
+it; another file under the same name (best_knn.pt or last.pt rewritten for the same epoch
+after a fall-back to previous.pt), or a folder that recorded no digest, is first moved aside
+as `<which>-epoch<NNN>.superseded-<UTC time>`.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _open_eval_dir(out_dir: Path, identity: dict[str, Any]) -> None:
         if prior.get("checkpoint_sha256") != identity["checkpoint_sha256"]:
             side = aside_path(out_dir, "superseded")
             os.replace(out_dir, side)
-            log.warning("%s held the evaluations of other weights (epoch %s of %s, sha256 %s); "
+            log.warning("%s held the evaluations of another file (epoch %s of %s, sha256 %s); "
                         "moved to %s", out_dir, prior.get("epoch", "?"),
                         prior.get("checkpoint", "?"),
                         str(prior.get("checkpoint_sha256", "not recorded"))[:12], side)
