@@ -35,7 +35,7 @@ from dino_ablate.contract import (
 )
 
 # read_json, write_atomic and write_json are the contract's; re-exported for the launchers
-__all__ = ["RunDir", "aside_path", "read_json", "write_atomic", "write_json"]
+__all__ = ["RunDir", "aside_path", "read_json", "set_aside", "write_atomic", "write_json"]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -52,6 +52,14 @@ def aside_path(path: Path, why: str) -> Path:
     while side.exists():
         side = path.with_name(f"{path.name}.{why}-{stamp}-{n}")
         n += 1
+    return side
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename `path` (a file or a folder) to a free `aside_path` beside it; returns that path.
+    What is set aside is kept as it was, never overwritten."""
+    side = aside_path(path, why)
+    os.replace(path, side)
     return side
 
 

@@ -10,7 +10,6 @@ import errno
 import functools
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from dino_ablate.model import (
     set_fused_attention,
     teacher_pairs,
 )
-from dino_ablate.rundir import RunDir, aside_path
+from dino_ablate.rundir import RunDir, set_aside
 from dino_ablate.schedules import Schedules
 from dino_ablate.step import TrainState, param_groups
 from dino_ablate.teacher import make_teacher_rule
@@ -335,8 +334,7 @@ def _write_best(rd: RunDir, student: torch.nn.Module, teacher: torch.nn.Module,
 def _set_aside(paths: list[Path], why: str, because: str) -> None:
     """Rename each file to `<name>.<why>-<UTC time>` beside it: kept, never overwritten."""
     for path in paths:
-        side = aside_path(path, why)
-        os.replace(path, side)
+        side = set_aside(path, why)
         log.warning("%s is set aside as %s: %s", path.name, side, because)
 
 

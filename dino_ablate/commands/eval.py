@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +111,13 @@ def _open_eval_dir(out_dir: Path, identity: dict[str, Any]) -> None:
     record that in eval.json before anything is evaluated, so that an interrupted paper probe
     resumes only on the same weights."""
     from dino_ablate.contract import read_json, write_json
-    from dino_ablate.rundir import aside_path
+    from dino_ablate.rundir import set_aside
 
     eval_json = out_dir / "eval.json"
     if out_dir.is_dir() and any(out_dir.iterdir()):
         prior = read_json(eval_json) or {}
         if prior.get("checkpoint_sha256") != identity["checkpoint_sha256"]:
-            side = aside_path(out_dir, "superseded")
-            os.replace(out_dir, side)
+            side = set_aside(out_dir, "superseded")
             log.warning("%s held the evaluations of another file (epoch %s of %s, sha256 %s); "
                         "moved to %s", out_dir, prior.get("epoch", "?"),
                         prior.get("checkpoint", "?"),
