@@ -18,8 +18,9 @@ The exported file is a plain mapping (loadable with `torch.load(weights_only=Tru
   qkv_bias=True, norm_layer=LayerNorm(eps=1e-6))` from `timm_kwargs` by hand, since a
   position-embedding or width mismatch is an error even under `strict=False`.
 - `head`: the head's shape (the official `DINOHead` arguments), `epoch`, `which`,
-  `knn_teacher`, `source_run_dir`, `source_checkpoint`, `config` (the run's config.yaml),
-  `format`.
+  `knn_teacher`, `source_run_dir`, `source_checkpoint`, `source_sha256` (of the checkpoint
+  file's bytes: the `checkpoint_sha256` that `dino-ablate eval` records for the same file),
+  `config` (the run's config.yaml), `format`.
 
 Key mapping (ours -> official), checked against the official `vision_transformer.py`
 (`VisionTransformer`, `Block`, `Attention`, `Mlp`, `PatchEmbed`, `DINOHead`):
@@ -217,7 +218,7 @@ def open_run_checkpoint(run_dir: Path, which: str = "last") -> RunCheckpoint:
 
 def build_export(run_dir: Path, which: str = "last") -> dict[str, Any]:
     """The export mapping of `run_dir`'s `which` checkpoint ("last" or "best-knn")."""
-    cfg, raw, source, state, _ = open_run_checkpoint(run_dir, which)
+    cfg, raw, source, state, digest = open_run_checkpoint(run_dir, which)
     single = cfg.head.num_layers == 1
     networks: dict[str, dict[str, torch.Tensor]] = {}
     for name in NETWORKS:
@@ -251,7 +252,7 @@ def build_export(run_dir: Path, which: str = "last") -> dict[str, Any]:
         "epoch": int(state["epoch"]), "which": which,
         "knn_teacher": None if knn is None else float(knn),
         "source_run_dir": str(run_dir.resolve()), "source_checkpoint": str(source.resolve()),
-        "config": raw,
+        "source_sha256": digest, "config": raw,
     }
 
 

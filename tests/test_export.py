@@ -4,6 +4,7 @@ The slow tests export a real (tiny) digits run; the fast ones use a run director
 checkpoint is written here from freshly built networks.
 """
 
+import hashlib
 import shutil
 import warnings
 from pathlib import Path
@@ -148,6 +149,8 @@ def test_metadata_rebuilds_the_backbone(run: Path, exported: Path) -> None:
                                                  "embed_dim": 32, "depth": 2, "num_heads": 2}
     assert data["epoch"] == 2 and data["which"] == "last"
     assert data["source_run_dir"] == str(run.resolve())
+    last = run / "checkpoints" / "last.pt"
+    assert data["source_sha256"] == hashlib.sha256(last.read_bytes()).hexdigest()
     assert data["config"] == RunDir(run).read_config()
 
 
