@@ -198,6 +198,13 @@ def healthy(claim: Claim, runs: Sequence[RunData]) -> Outcome:
         chosen = point_runs(claim, 0, runs)
     except Unusable as problem:
         return "undecided", f"{label}: {problem}", {}
+    for run in chosen:  # a diverged run, or one stopped early on a collapse, is not healthy
+        ended_early = run.epochs_planned is not None and run.n_epochs < run.epochs_planned
+        if run.trainer_state == "diverged" or ended_early:
+            how = "diverged" if run.trainer_state == "diverged" else \
+                (run.status_reason or "stopped early")
+            return "fails", (f"{label}: run {run.run_id} {how}, after {run.n_epochs} of "
+                             f"{run.epochs_planned or '?'} epochs {seeds_text(len(chosen))}"), {}
     ln_k = _ln_k(chosen)
     kl = per_epoch(chosen, at_epoch("kl_teacher_student"), "second_half")
     h = per_epoch(chosen, at_epoch("teacher_entropy"), "second_half")

@@ -5,7 +5,6 @@ See :mod:`analysis.claims` for the rules these implement.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,13 +12,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from analysis.run_reader import RunData
+from analysis.run_reader import RunData, hashable
 from dino_ablate.contract.claims import ACCURACIES, Claim
 
 Verdict = Literal["holds", "fails", "undecided"]
 VERDICTS: tuple[Verdict, ...] = ("holds", "fails", "undecided")
-#: kinds for which a diverged run counts with its last values
-DIVERGED_COUNTS = ("collapses", "below_init")
+#: kinds for which a diverged run counts (with its last values; for `healthy` it fails it)
+DIVERGED_COUNTS = ("collapses", "below_init", "healthy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,15 +126,11 @@ def _matches(run: RunData, selector: Mapping[str, Any]) -> bool:
             if run.seed != value:
                 return False
         elif key in run.varied:
-            wanted = _as_varied(value)
+            wanted = hashable(value)
             if run.varied[key] != wanted:
                 return False
         # a key of an axis with one value is not recorded as varied: every run has it
     return True
-
-
-def _as_varied(value: Any) -> Any:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, tuple, dict)) else value
 
 
 def point_runs(claim: Claim, index: int, runs: Sequence[RunData]) -> list[RunData]:

@@ -28,9 +28,9 @@ from typing import Any
 
 from analysis.claim_kinds import EVALUATORS
 from analysis.claim_stats import VERDICTS, Verdict
-from analysis.run_reader import RunData, read_run
+from analysis.run_reader import RunData, hashable, read_run
 from analysis.sweepdir import SweepLayout, locate
-from dino_ablate.contract import write_atomic, write_json
+from dino_ablate.contract import RUNS_SUBDIR, write_atomic, write_json
 from dino_ablate.contract.claims import Claim, ConfigError, read_claims
 
 __all__ = ["ClaimResult", "ClaimsUnavailable", "ConfigError", "SweepClaims", "check_sweep_dir",
@@ -129,11 +129,32 @@ def sweep_file_of(layout: SweepLayout, override: Path | None = None) -> tuple[Pa
 def current_runs(layout: SweepLayout) -> list[RunData]:
     """The runs of the sweep's current expansion: those ``sweep.json`` lists (every run
     directory when it lists none). Run directories left by an earlier expansion of the file
-    (another recipe, other run ids) are not the sweep's points any more."""
-    listed = {str(r["run_id"]) if isinstance(r, dict) else str(r)
-              for r in layout.sweep_meta.get("runs") or []
-              if not isinstance(r, dict) or "run_id" in r}
-    return [read_run(d) for d in layout.run_dirs if not listed or d.name in listed]
+    (another recipe, other run ids) are not the sweep's points any more.
+
+    A listed run is matched to its point by the values ``sweep.json`` records for it when its
+    own ``run.json`` is missing or unreadable (else it would match every point), and a listed
+    run with no directory yet is a pending run of its point: the point's claims are then
+    undecided (runs missing), not decided on the seeds that happen to be there."""
+    listed = layout.listed_points
+    if not listed:
+        return [read_run(d) for d in layout.run_dirs]
+    runs = []
+    found = {d.name: d for d in layout.run_dirs}
+    for run_id, varied in listed.items():
+        if run_id in found:
+            run = read_run(found[run_id])
+            if run.has_run_json or varied is None:
+                runs.append(run)
+                continue
+        elif varied is None:  # nothing says which point it is
+            continue
+        else:
+            run = RunData(run_dir=str(layout.root / RUNS_SUBDIR / run_id), run_id=run_id)
+        run.varied = {str(k): hashable(v) for k, v in varied.items()}
+        seed = varied.get("seed")
+        run.seed = seed if isinstance(seed, int) else run.seed
+        runs.append(run)
+    return runs
 
 
 def check_sweep_dir(path: Path, sweep_file: Path | None = None) -> SweepClaims:

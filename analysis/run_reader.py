@@ -119,7 +119,7 @@ def _read_config(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
     """Lists and mappings become JSON text so that sweep points can be grouped on them."""
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, sort_keys=True)
@@ -221,7 +221,7 @@ def read_run(run_dir: Path) -> RunData:
         run.run_id = str(run_info.get("run_id") or run_dir.name)
         run.sweep = run_info.get("sweep")
         run.profile = run_info.get("profile")
-        run.varied = {str(k): _hashable(v) for k, v in (run_info.get("varied") or {}).items()}
+        run.varied = {str(k): hashable(v) for k, v in (run_info.get("varied") or {}).items()}
         run.seed = _optional_int(run_info.get("seed"))
         reference = run_info.get("reference") or {}
         run.reference = {

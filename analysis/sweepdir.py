@@ -83,6 +83,24 @@ class SweepLayout:
         name = self.sweep_meta.get("name")
         return str(name) if name is not None else None
 
+    @property
+    def listed_points(self) -> dict[str, dict[str, Any] | None]:
+        """:func:`listed_points` of this sweep's ``sweep.json``."""
+        return listed_points(self.sweep_meta)
+
+
+def listed_points(sweep_meta: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """The points of the sweep's current expansion, as ``sweep.json`` lists them: run id -> its
+    varied values (None for an entry that does not record them); empty when it lists none."""
+    points: dict[str, dict[str, Any] | None] = {}
+    for entry in sweep_meta.get("runs") or []:
+        if isinstance(entry, dict) and "run_id" in entry:
+            varied = entry.get("varied")
+            points[str(entry["run_id"])] = dict(varied) if isinstance(varied, dict) else None
+        elif isinstance(entry, str):
+            points[entry] = None
+    return points
+
 
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` is a directory holding at least one run-directory file."""

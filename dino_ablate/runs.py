@@ -42,6 +42,7 @@ from dino_ablate.contract import (
     RUN_FILE,
     RUNS_SUBDIR,
     STATUS_FILE,
+    SUMMARY_FILE,
     SWEEP_FILE,
     read_json,
     write_atomic,
@@ -212,7 +213,10 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
     The same run means the same semantic hash (the run id's suffix: the config without
     resources, paths and runtime settings), checked again against the twin's config.yaml.
     Sweeps that share points (momentum.yaml's two are teacher_update.yaml's) then train each
-    once per output root.
+    once per output root. A twin stopped early on a detected collapse is copied only into a
+    point that stops on a collapse too (`runtime.collapse_stop` is a runtime setting, outside
+    the hash: without it the point trains all its epochs), and a twin without summary.json
+    (killed between its last two writes) is not copied.
     """
     from dino_ablate.sweep import semantic_hash
 
@@ -224,7 +228,10 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
     for cand in sorted(out_root.glob(pattern)):
         if cand.parent.resolve() == own or not cand.is_dir():
             continue
-        if (read_json(cand / STATUS_FILE) or {}).get("state") != "done":
+        status = read_json(cand / STATUS_FILE) or {}
+        if status.get("state") != "done" or not (cand / SUMMARY_FILE).is_file():
+            continue
+        if status.get("epoch") != status.get("epochs") and not point.config.runtime.collapse_stop:
             continue
         try:
             cfg = safeload.read_yaml(cand / CONFIG_FILE)

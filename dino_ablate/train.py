@@ -267,9 +267,9 @@ def _finish(loop: Loop, rd: RunDir, epoch: int, step: int, reason: str | None = 
     is_main = loop.info.rank == 0
     final = _end_of_run(rd, loop.evaluator, loop.state.teacher, loop.student, loop.history,
                         is_main)
-    if is_main:
-        rd.write_status("done", epoch, loop.cfg.epochs, step, reason=reason)
+    if is_main:  # summary.json first: a run `done` in status.json always has its summary
         _write_summary(rd, loop.cfg, loop.history, loop.run_start, "done", final)
+        rd.write_status("done", epoch, loop.cfg.epochs, step, reason=reason)
     return "done"
 
 

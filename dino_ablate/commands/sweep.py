@@ -50,8 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"refuse a sweep that expands to more than N points (default "
                    f"{MAX_POINTS:,}); the size is known before any point is built")
     p.add_argument("--max-parallel", type=int, default=None, metavar="N",
-                   help="at most N runs at once (SLURM array parallelism / Ray concurrent "
-                   "trials)")
+                   help="at most N runs at once: Ray's concurrent trials; on SLURM each "
+                   "job array's parallelism (one array per resource shape, so a sweep whose "
+                   "points ask for different resources runs up to N per shape)")
     p.add_argument("--ray-address", "--address", dest="ray_address", default=None,
                    metavar="ADDR",
                    help="ray: join the existing Ray cluster at ADDR (host:port of its head, "

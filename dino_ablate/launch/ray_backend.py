@@ -253,9 +253,6 @@ class RayBackend:
     def launch(self, items: Sequence[LaunchItem], sweep: Sweep, sweep_dir: Path,
                submission_id: str, max_parallel: int | None) -> LaunchOutcome:
         outcome = LaunchOutcome()
-        for item in items:
-            record_launch(item, self.name, submission_id, submission_id)
-            outcome.job_ids[item.point.run_id] = submission_id
         with self._ray():
             from ray import tune
 
@@ -274,6 +271,12 @@ class RayBackend:
                     "log_file": str((sweep_dir / "ray" / "logs" /
                                      f"{item.point.run_id}.log").resolve()),
                 })
+            # Only once every point fits: a refused submission must not replace the record
+            # of another launch (a queued SLURM job's id, which `status` and the next SLURM
+            # submission go by).
+            for item in items:
+                record_launch(item, self.name, submission_id, submission_id)
+                outcome.job_ids[item.point.run_id] = submission_id
 
             def resources(config: dict[str, Any]) -> Any:
                 placement = Placement(**config["run"]["placement"])

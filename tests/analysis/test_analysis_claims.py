@@ -3,6 +3,7 @@ a missing run, an unfinished run) on synthetic run directories."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from analysis.claims import ClaimResult, evaluate, summary_line
+from analysis.claims import ClaimResult, current_runs, evaluate, summary_line
 from analysis.run_reader import RunData, read_run
+from analysis.sweepdir import locate
 from dino_ablate.contract.claims import Claim, sweep_claims
 from tests.analysis import synth
 
@@ -291,6 +293,23 @@ def test_healthy_within_the_seed_spread_or_unfinished_is_undecided(runs: Runs) -
     assert result.verdict == "undecided" and "not finished: failed" in result.measured
 
 
+def test_healthy_fails_for_a_diverged_run_or_one_stopped_early_on_a_collapse(
+        runs: Runs) -> None:
+    """Neither has a second half to test; both are the opposite of healthy (these read
+    "undecided: not finished" and "no ... KL in the second half" before)."""
+    runs.add({"loss.sharpening": True}, state="diverged", records=synth.make_records(7))
+    result = one(HEALTHY, runs)
+    assert result.verdict == "fails", result.line()
+    assert "diverged, after 7 of 10 epochs" in result.measured
+    runs.runs.pop()
+    runs.add({"loss.sharpening": True}, records=synth.make_records(4))
+    stopped = runs.runs[-1]
+    stopped.status_reason = "stopped early: collapse detected"  # as train._finish writes it
+    result = one(HEALTHY, runs)
+    assert result.verdict == "fails", result.line()
+    assert "stopped early: collapse detected, after 4 of 10 epochs" in result.measured
+
+
 # --------------------------------------------------------------------------------------------
 # below_init and above_init
 
@@ -468,3 +487,51 @@ def test_summary_line_counts_verdicts(runs: Runs) -> None:
     assert summary_line(results) == "2 of 2 claims hold, 0 fail, 0 undecided"
     assert summary_line(results[:1]) == "1 of 1 claim holds, 0 fail, 0 undecided"
     assert summary_line([]) == "0 of 0 claims hold, 0 fail, 0 undecided"
+
+
+# --------------------------------------------------------------------------------------------
+# the runs of a sweep directory (`current_runs`: the points sweep.json lists)
+
+
+def _sweep_dir(root: Path, finals: dict[tuple[str, int], float | None]) -> Path:
+    """A sweep directory whose sweep.json lists every (update, seed) of `finals`, as the
+    launchers write it; a None final lists the run without writing its directory."""
+    listed = []
+    for (update, seed), final in finals.items():
+        run_id = f"update-{update}_seed-{seed}"
+        varied = {"teacher.update": update, "seed": seed}
+        listed.append({"run_id": run_id, "varied": varied})
+        if final is not None:
+            synth.write_run(root / "runs" / run_id, varied=varied, seed=seed,
+                            records=synth.make_records(EPOCHS, knn_teacher_final=final))
+    (root / "sweep.json").write_text(json.dumps({"name": "s", "profile": "local",
+                                                 "runs": listed}))
+    return root
+
+
+def test_a_listed_seed_without_its_run_directory_leaves_the_point_undecided(
+        tmp_path: Path) -> None:
+    """Seeds 1-2 not written yet (or not copied back from the cluster): the order is not
+    decided on seed 0 alone (it held, 70.1 > 70.0 with "1 seed", before)."""
+    finals = {(u, s): (0.701 if u == "ema" else 0.700) if s == 0 else None
+              for u in ("ema", "previous_epoch") for s in (0, 1, 2)}
+    runs = current_runs(locate(_sweep_dir(tmp_path, finals)))
+    [result] = evaluate(ORDER, runs)
+    assert result.verdict == "undecided", result.line()
+    assert "update-ema_seed-1_" not in result.measured
+    assert "run update-ema_seed-1 not finished: pending" in result.measured
+
+
+def test_a_run_with_an_unreadable_run_json_is_matched_by_what_sweep_json_lists(
+        tmp_path: Path) -> None:
+    """Without its run.json a run records no varied values, and it matched every point: the
+    previous-epoch run counted as a third ema seed."""
+    finals = {("ema", 0): 0.90, ("ema", 1): 0.90, ("previous_epoch", 0): 0.80,
+              ("previous_epoch", 1): 0.81}
+    root = _sweep_dir(tmp_path, finals)
+    (root / "runs" / "update-previous_epoch_seed-1" / "run.json").write_text('{"run_id": "upd')
+    runs = current_runs(locate(root))
+    [result] = evaluate(ORDER, runs)
+    assert result.verdict == "holds", result.line()
+    assert "update=ema 90.0 ± 0.0 (2 seeds)" in result.measured, result.measured
+    assert "same-seed difference +9.5 ± 0.7" in result.measured, result.measured

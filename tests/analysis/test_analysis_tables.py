@@ -69,6 +69,21 @@ def test_a_seeds_axis_in_varied_is_aggregated_not_a_point_key(tmp_path: Path) ->
     assert "72.00 ± 2.00" in to_markdown(build_table(sweep))
 
 
+def test_runs_of_an_earlier_expansion_are_not_seeds_of_a_point(tmp_path: Path) -> None:
+    """A run directory that sweep.json no longer lists (the file's earlier recipe) shares the
+    point's varied values; it was averaged in as a second seed 0 (65.0 ± 35.4 here)."""
+    runs = [{"run_id": f"{update}_new", "varied": {"teacher.update": update},
+             "records": synth.make_records(3, knn_teacher_final=final)}
+            for update, final in (("ema", 0.90), ("previous_epoch", 0.70))]
+    root = synth.write_sweep(tmp_path / "s", runs)
+    synth.write_run(root / "runs" / "ema_old", varied={"teacher.update": "ema"},
+                    records=synth.make_records(3, knn_teacher_final=0.40))
+    sweep = load_results(root)
+    assert "ema_old" in sweep.runs["run_id"].tolist()  # still read, listed as a run
+    row = build_table(sweep).frame.set_index("teacher.update").loc["ema"]
+    assert row["n_runs"] == 1 and row["teacher_knn_mean"] == pytest.approx(90.0)
+
+
 def test_named_baseline_moves_the_reference(tmp_path: Path) -> None:
     runs = [{"run_id": f"p{index}", "varied": {"optim.batch_size": size},
              "records": synth.make_records(3, knn_teacher_final=final)}

@@ -129,3 +129,29 @@ def test_a_point_done_in_another_sweep_is_copied_not_rerun(ray_cluster: Any,
     assert status(out / "twin_b" / "local")[run_b.name]["state"] == "done"
     table = cli("table", str(out / "twin_b" / "local"), "--format", "csv").stdout
     assert "done" in table, table
+
+
+def test_a_point_the_cluster_cannot_hold_is_refused_without_touching_its_launch_record(
+        ray_cluster: Any, tmp_path: Path) -> None:
+    """The run's launch.json may be a queued SLURM job's record (its job id is what `status`
+    and the next SLURM submission go by): a refused Ray submission used to replace it."""
+    import yaml
+    from launch_helpers import one_point_sweep
+
+    address = ray_cluster.context.address_info["gcs_address"]
+    out = tmp_path / "out"
+    file = one_point_sweep(tmp_path / "huge.yaml", "huge", 2)
+    raw = yaml.safe_load(file.read_text())
+    raw["profiles"]["local"]["resources"]["cpus_per_task"] = 512
+    file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    dry = cli("sweep", str(file), "--backend", "ray", "--out", str(out), "--dry-run")
+    (run_id,) = [line.split()[0] for line in dry.stdout.splitlines() if line.startswith("huge_")]
+    run_dir = out / "huge" / "local" / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    record = {"backend": "slurm", "job_id": "100_0", "submission": "s1", "time": "t"}
+    (run_dir / "launch.json").write_text(json.dumps(record))
+    proc = cli("sweep", str(file), "--backend", "ray", "--out", str(out), "--ray-address",
+               address, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "needs 1 node(s) with 512 CPU each" in proc.stderr, proc.stderr
+    assert json.loads((run_dir / "launch.json").read_text()) == record

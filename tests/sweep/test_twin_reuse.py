@@ -50,15 +50,17 @@ def _sweep(tmp_path: Path, name: str, threads: int, momentum: list[float]) -> Sw
     return load_sweep(file, "local")
 
 
-def _finish(run_dir: Path, epochs: int = 2) -> None:
-    """What a finished trainer leaves (docs/run_directory.md)."""
+def _finish(run_dir: Path, epochs: int = 2, planned: int | None = None) -> None:
+    """What a finished trainer leaves (docs/run_directory.md); `planned` > `epochs`: a run
+    stopped early on a detected collapse."""
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"weights")
     (run_dir / "metrics.jsonl").write_text(
         "".join(json.dumps({"epoch": e, "knn_teacher": 0.5 + e / 100}) + "\n"
                 for e in range(1, epochs + 1)))
+    (run_dir / "summary.json").write_text(json.dumps({"state": "done", "epochs": epochs}))
     (run_dir / "status.json").write_text(json.dumps({"state": "done", "epoch": epochs,
-                                                     "epochs": epochs}))
+                                                     "epochs": planned or epochs}))
 
 
 def test_a_done_twin_is_copied_and_the_rest_launched(tmp_path: Path) -> None:
@@ -119,3 +121,41 @@ def test_no_twin_copied_over_a_trained_run_or_from_an_unfinished_one(
     assert not result.copied and run_id in backend.launched
     if partial:
         assert (run_dir_of(second_dir, run_id) / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_twin_stopped_early_on_a_collapse_is_copied_only_where_runs_stop_so_too(
+        tmp_path: Path, stop: bool) -> None:
+    """`runtime.collapse_stop` is outside the run's hash: a twin that stopped at epoch 1 of 2
+    would have stood in for a run that trains both epochs."""
+    out = tmp_path / "out"
+    first = _sweep(tmp_path, "first", 1, [0.99])
+    first_dir = resolve_sweep_dir(first, out)
+    submit_sweep(first, first_dir, Recorder())
+    _finish(run_dir_of(first_dir, first.points[0].run_id), epochs=1, planned=2)
+    file = tmp_path / "second.yaml"
+    file.write_text(yaml.safe_dump({
+        "name": "second", "base": BASE, "grid": {"teacher.momentum": [0.99]},
+        "profiles": {"local": {"config": {"runtime": {"device": "cpu",
+                                                      "collapse_stop": stop}}}}}))
+    second = load_sweep(file, "local")
+    backend = Recorder()
+    result = submit_sweep(second, resolve_sweep_dir(second, out), backend)
+    run_id = second.points[0].run_id
+    assert run_id.split("_")[-1] == first.points[0].run_id.split("_")[-1]  # the same run
+    assert bool(result.copied) is stop and (run_id in backend.launched) is not stop
+
+
+def test_a_done_twin_without_its_summary_is_not_copied(tmp_path: Path) -> None:
+    """Killed between summary.json and status.json (an older trainer wrote status first)."""
+    out = tmp_path / "out"
+    first = _sweep(tmp_path, "first", 1, [0.99])
+    first_dir = resolve_sweep_dir(first, out)
+    submit_sweep(first, first_dir, Recorder())
+    twin = run_dir_of(first_dir, first.points[0].run_id)
+    _finish(twin)
+    (twin / "summary.json").unlink()
+    second = _sweep(tmp_path, "second", 2, [0.99])
+    backend = Recorder()
+    result = submit_sweep(second, resolve_sweep_dir(second, out), backend)
+    assert not result.copied and backend.launched == [second.points[0].run_id]
