@@ -7,6 +7,7 @@ The kinds and their keys are documented in docs/sweeps.md ("Claims"); the thresh
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,7 +111,9 @@ def monotone(claim: Claim, runs: Sequence[RunData]) -> Outcome:
 
 
 def flat(claim: Claim, runs: Sequence[RunData]) -> Outcome:
-    """max - min of the points' means is at most `within`."""
+    """max - min of the points' means is at most `within`: every pair of points is tested
+    (its gap against `within`, beyond the pair's spread), so a noisy point between the highest
+    and the lowest cannot leave undecided what another pair already decides."""
     stats, texts = _stats(claim, runs)
     known = [(s, t, i) for i, (s, t) in enumerate(zip(stats, texts, strict=True))
              if s is not None]
@@ -124,17 +127,30 @@ def flat(claim: Claim, runs: Sequence[RunData]) -> Outcome:
     lo = min(known, key=lambda point: point[0].mean)
     span = hi[0].mean - lo[0].mean
     d = digits(claim.metric)
-    paired = paired_difference(point_runs(claim, hi[2], runs), point_runs(claim, lo[2], runs),
-                               claim.metric)
-    spread = max(hi[0].std, lo[0].std) if paired is None else paired.std
-    verdict = verdict_of(within - span, spread)
+    verdicts: dict[tuple[int, int], Verdict] = {}
+    pairs: dict[tuple[int, int], Stat | None] = {}
+    for a, b in itertools.combinations(known, 2):
+        paired = paired_difference(point_runs(claim, a[2], runs), point_runs(claim, b[2], runs),
+                                   claim.metric)
+        gap = abs(a[0].mean - b[0].mean if paired is None else paired.mean)
+        spread = max(a[0].std, b[0].std) if paired is None else paired.std
+        verdicts[(a[2], b[2])] = verdict_of(within - gap, spread)
+        pairs[(a[2], b[2])] = paired
+    verdict = combine(verdicts.values())
     if missing and verdict != "fails":
         verdict = "undecided"
     line = (f"{METRICS[claim.metric]} spans {span:.{d}f} {shown_unit} over {len(known)} points "
             f"(claimed at most {within:g}): highest {hi[1]}, lowest {lo[1]}")
-    if paired is not None:
+    extreme = (min(hi[2], lo[2]), max(hi[2], lo[2]))
+    paired = None if pairs.get(extreme) is None else paired_difference(
+        point_runs(claim, hi[2], runs), point_runs(claim, lo[2], runs), claim.metric)
+    if paired is not None:  # shown as highest - lowest
         line += paired_text(paired, d)
         values["paired"] = [{"between": [hi[2], lo[2]], **paired.as_dict()}]
+    beyond = [f"{claim.labels[i]} vs {claim.labels[j]}" for (i, j), v in verdicts.items()
+              if v == "fails" and (i, j) != extreme]
+    if beyond:
+        line += f"; also more than {within:g} apart beyond the spread: " + ", ".join(beyond)
     if missing:
         line += "; " + ", ".join(missing)
     return verdict, line, {**values, "span": span}

@@ -250,16 +250,32 @@ def adopt_finished_run(source: Path, run_dir: Path, sweep: Sweep, point: Point,
                        submission: str) -> None:
     """Copy a finished twin's results into the fresh `run_dir` and make it this sweep's run.
 
+    The files are copied into `run_dir/.adopting/` first and renamed into place once all are
+    copied, the checkpoints and metrics.jsonl last, so an interrupted copy (a kill, a full
+    disk) leaves no partial file under a final name (a truncated `last.pt` the trainer would
+    set aside) and a run without results, which the next submission adopts afresh.
     status.json is written last: a copy interrupted before it leaves an unfinished run with a
     final checkpoint, which the next submission launches and the trainer completes at once.
     """
+    staging = run_dir / ".adopting"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     for entry in sorted(source.iterdir()):
-        if entry.name in _NOT_ADOPTED or entry.name.startswith(".fault_"):
+        if entry.name in _NOT_ADOPTED or entry.name.startswith((".fault_", ".adopting")):
             continue
         if entry.is_dir():
-            shutil.copytree(entry, run_dir / entry.name, dirs_exist_ok=True)
+            shutil.copytree(entry, staging / entry.name)
         else:
-            shutil.copy2(entry, run_dir / entry.name)
+            shutil.copy2(entry, staging / entry.name)
+    # the files `has_results` looks at last: until they are in place, the run is fresh and
+    # what an interrupted adoption moved already is replaced by the next one
+    last = (CHECKPOINTS_DIR, METRICS_FILE)
+    for entry in sorted(staging.iterdir(), key=lambda e: (e.name in last, e.name)):
+        target = run_dir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
     prepare_run_dir(run_dir, sweep, point)
     write_launch(run_dir, "copy", None, submission, source=str(source))
     write_atomic(run_dir / STATUS_FILE, (source / STATUS_FILE).read_text())

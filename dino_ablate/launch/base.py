@@ -143,19 +143,25 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
                 skipped[point.run_id] = (f"locked by {holder.get('purpose', '?')} "
                                          f"(pid {holder.get('pid')} on {holder.get('host')})")
                 continue
-            reason = _skip_reason(run_dir, backend, states)
+            try:
+                reason = _skip_reason(run_dir, backend, states)
+                twin = None if reason is not None or has_results(run_dir) else \
+                    find_finished_twin(sweep_dir, sweep, point)
+                if twin is not None:
+                    adopt_finished_run(twin, run_dir, sweep, point, submission_id)
+                elif reason is None:
+                    prepare_run_dir(run_dir, sweep, point)
+            except BaseException:
+                lock.release()  # not yet an item: the finally below would not release it
+                raise
             if reason is not None:
                 lock.release()
                 skipped[point.run_id] = reason
-                continue
-            twin = None if has_results(run_dir) else find_finished_twin(sweep_dir, sweep, point)
-            if twin is not None:
-                adopt_finished_run(twin, run_dir, sweep, point, submission_id)
+            elif twin is not None:
                 lock.release()
                 copied[point.run_id] = str(twin)
-                continue
-            prepare_run_dir(run_dir, sweep, point)
-            items.append(LaunchItem(point, run_dir, lock))
+            else:
+                items.append(LaunchItem(point, run_dir, lock))
         outcome = LaunchOutcome()
         if items:
             outcome = backend.launch(items, sweep, sweep_dir, submission_id, max_parallel)

@@ -397,6 +397,20 @@ def test_flat_with_shared_seeds_tests_the_same_seed_difference(runs: Runs) -> No
     assert "[same-seed difference +0.8 ± 0.0]" in result.measured
 
 
+def test_flat_fails_on_any_pair_apart_beyond_its_spread(runs: Runs) -> None:
+    """The highest and lowest points are within a noisy seed spread, but two others are 4
+    points apart with none: a third point used to turn this fail into undecided."""
+    runs.add({"loss.center_momentum": 0.0}, seed=0, knn_teacher_final=0.60)
+    runs.add({"loss.center_momentum": 0.0}, seed=1, knn_teacher_final=0.80)  # 70.0 ± 14.1
+    runs.add({"loss.center_momentum": 0.9}, knn_teacher_final=0.69)
+    runs.add({"loss.center_momentum": 0.99}, knn_teacher_final=0.65)
+    result = one(FLAT, runs)
+    assert result.verdict == "fails", result.line()
+    assert result.measured.startswith("teacher kNN spans 5.0 pp over 3 points")
+    assert ("also more than 1 apart beyond the spread: center_momentum=0.9 vs "
+            "center_momentum=0.99") in result.measured, result.measured
+
+
 def test_flat_fails_when_the_known_points_already_spread_too_far(runs: Runs) -> None:
     runs.add({"loss.center_momentum": 0.0}, knn_teacher_final=0.60)
     runs.add({"loss.center_momentum": 0.9}, knn_teacher_final=0.70)

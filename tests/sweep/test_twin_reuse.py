@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from dino_ablate import config as cfgmod
+from dino_ablate import runs
 from dino_ablate.launch.base import LaunchItem, LaunchOutcome, submit_sweep
 from dino_ablate.runs import resolve_sweep_dir, run_dir_of, run_state
 from dino_ablate.sweep import Sweep, load_sweep
@@ -159,3 +160,39 @@ def test_a_done_twin_without_its_summary_is_not_copied(tmp_path: Path) -> None:
     backend = Recorder()
     result = submit_sweep(second, resolve_sweep_dir(second, out), backend)
     assert not result.copied and backend.launched == [second.points[0].run_id]
+
+
+def test_an_interrupted_copy_leaves_no_partial_file_and_no_held_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoints folder fails half-copied (a full disk): nothing of it appears under its
+    final name (a truncated last.pt used to), the run's lock is released, and the next
+    submission copies the twin whole."""
+    out = tmp_path / "out"
+    first = _sweep(tmp_path, "first", 1, [0.99])
+    first_dir = resolve_sweep_dir(first, out)
+    submit_sweep(first, first_dir, Recorder())
+    twin = run_dir_of(first_dir, first.points[0].run_id)
+    _finish(twin)
+    second = _sweep(tmp_path, "second", 2, [0.99])
+    second_dir = resolve_sweep_dir(second, out)
+    run_dir = run_dir_of(second_dir, second.points[0].run_id)
+    real_copytree = runs.shutil.copytree
+
+    def full_disk(src: Path, dst: Path, **kwargs: object) -> object:
+        real_copytree(src, dst, **kwargs)  # type: ignore[arg-type]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.shutil, "copytree", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        submit_sweep(second, second_dir, Recorder())
+    monkeypatch.undo()
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+    assert not runs.has_results(run_dir)
+    lock = runs.RunLock(run_dir)
+    assert lock.acquire("test")
+    lock.release()
+    result = submit_sweep(second, second_dir, Recorder())
+    assert list(result.copied) == [second.points[0].run_id]
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    assert not (run_dir / ".adopting").exists()
+    assert run_state(run_dir).state == "done"
