@@ -352,6 +352,13 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
     elif job_id and job_state and not job_active(job_state):
         state = "failed"
         reason = f"{_job_end(job_id, job_state)} before training started; resubmit to run it"
+    elif launch.get("backend") == "ray" and trained is None:
+        # its driver is gone (the lock is free) and the trainer never wrote status.json: it
+        # failed at start (a missing data folder on the node, an import error) or never ran
+        state = "failed"
+        reason = (f"its Ray trial (submission {launch.get('submission')}) ended before the "
+                  f"trainer wrote status.json; see ray/logs/{run_dir.name}.log in the sweep "
+                  "directory; resubmit to run it")
     else:
         state = "pending"
     epoch = status.get("epoch")

@@ -303,7 +303,11 @@ class RayBackend:
                      time.perf_counter() - started, grid.num_errors)
         for item in items:
             status = read_json(item.run_dir / STATUS_FILE) or {}
-            if status.get("state") not in FINAL:
+            if not status:
+                outcome.failed[item.point.run_id] = (
+                    "the trainer wrote no status.json (it failed at start); see "
+                    f"{sweep_dir / 'ray' / 'logs' / (item.point.run_id + '.log')}")
+            elif status.get("state") not in FINAL:
                 outcome.failed[item.point.run_id] = (
                     f"state {status.get('state')!r}: {status.get('reason')}")
         return outcome

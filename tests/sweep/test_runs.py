@@ -89,6 +89,24 @@ def test_state_from_run_directory(tmp_path: Path) -> None:
     assert run_state(rd, {"7_1": "RUNNING"}).state == "diverged"
 
 
+def test_a_ray_trial_that_ended_before_the_trainer_wrote_its_status_is_failed(
+        tmp_path: Path) -> None:
+    """A trainer that failed at start (a missing data folder on the node) writes no
+    status.json: once the driver is gone the run read "pending", as if never submitted."""
+    rd = tmp_path / "r"
+    rd.mkdir()
+    (rd / "launch.json").write_text(json.dumps({"backend": "ray", "job_id": "s1",
+                                                "submission": "s1"}))
+    lock = RunLock(rd)
+    assert lock.acquire("submit s1 (ray)")  # the driver, while its trials run
+    assert run_state(rd).state == "queued"
+    lock.release()
+    st = run_state(rd)
+    assert st.state == "failed", st
+    assert "Ray trial (submission s1) ended before the trainer wrote status.json" in \
+        (st.reason or "") and "ray/logs/r.log" in (st.reason or "")
+
+
 def test_truncated_metrics_line_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epo')
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
