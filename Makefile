@@ -30,19 +30,22 @@ demo: $(STAMP)
 	done
 	@echo "demo done: open $(OUT)/centering_sharpening/local/analysis/report.html and $(OUT)/teacher_update/local/analysis/report.html"
 
-# The `local` profile of every ablation sweep (issue 4) on one private, loopback-only Ray on this
-# machine (scripts/reproduce_local.py), then every sweep file's claims over the run directories,
-# with the pass rates of files 1-5 and 6-9 (it fails when one of the claims CI asserts does not
-# hold). Done runs are skipped. Files 1-5: momentum first (its EMA and student-copy runs are
-# copied by the other four), then the other four at once, longest first, so that the short runs
-# fill the cores beside the long ones; files 6-9 one after another (teacher_temperature and
-# output_dim share runs).
+# The `local` profile of every ablation sweep (issue 4) on a private Ray on this machine, then
+# every sweep file's claims over the run directories, with the pass rates of files 1-5 and 6-9
+# (it fails when one of the claims CI asserts does not hold). Done runs are skipped.
 REPRO_OUT ?= $(OUT)/reproduce
-REPRO_CORE := momentum batch_size,patch_size,teacher_update,centering_sharpening
+REPRO_CORE := momentum centering_sharpening teacher_update patch_size batch_size
 REPRO_MORE := components teacher_temperature output_dim center_momentum
+# $(call local_sweeps,FILES,LABEL): the local profiles of FILES on Ray, then their wall time.
+local_sweeps = start=$$(date +%s); \
+	for s in $(1); do \
+	  $(BIN)/dino-ablate sweep sweeps/$$s.yaml --backend ray --profile local --out $(REPRO_OUT) || exit 1; \
+	done; \
+	el=$$(( $$(date +%s) - start )); \
+	echo "wall time of the local profiles of files $(2) ($(1)): $$((el / 60)) min $$((el % 60)) s"
 reproduce-local: $(STAMP)
-	$(BIN)/python scripts/reproduce_local.py --out $(REPRO_OUT) --label 1-5 $(REPRO_CORE)
-	$(BIN)/python scripts/reproduce_local.py --out $(REPRO_OUT) --label 6-9 $(REPRO_MORE)
+	@$(call local_sweeps,$(REPRO_CORE),1-5)
+	@$(call local_sweeps,$(REPRO_MORE),6-9)
 	$(BIN)/python tests/sweep/test_reproduction.py $(REPRO_OUT)
 
 # Lint, type check, then the whole suite inside a loopback-only network namespace under strace:
