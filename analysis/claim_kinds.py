@@ -20,6 +20,7 @@ from analysis.claim_stats import (
     digits,
     diverged,
     final,
+    matching_runs,
     paired_difference,
     paired_text,
     per_epoch,
@@ -151,6 +152,10 @@ def flat(claim: Claim, runs: Sequence[RunData]) -> Outcome:
               if v == "fails" and (i, j) != extreme]
     if beyond:
         line += f"; also more than {within:g} apart beyond the spread: " + ", ".join(beyond)
+    open_pairs = [f"{claim.labels[i]} vs {claim.labels[j]}" for (i, j), v in verdicts.items()
+                  if v == "undecided"]
+    if verdict == "undecided" and open_pairs:
+        line += f"; {within:g} apart or not, within the spread: " + ", ".join(open_pairs)
     if missing:
         line += "; " + ", ".join(missing)
     return verdict, line, {**values, "span": span}
@@ -210,17 +215,19 @@ def healthy(claim: Claim, runs: Sequence[RunData]) -> Outcome:
     approach 0: a sharp teacher (tau_t 0.01) is confident about each image while it still
     spreads the images over many dimensions."""
     label = claim.labels[0]
-    try:
-        chosen = point_runs(claim, 0, runs)
-    except Unusable as problem:
-        return "undecided", f"{label}: {problem}", {}
-    for run in chosen:  # a diverged run, or one stopped early on a collapse, is not healthy
-        ended_early = run.epochs_planned is not None and run.n_epochs < run.epochs_planned
+    seeds = matching_runs(claim, 0, runs)
+    for run in seeds:  # a diverged run, or one stopped early on a collapse, is not healthy
+        ended_early = run.trainer_state == "done" and run.epochs_planned is not None \
+            and run.n_epochs < run.epochs_planned
         if run.trainer_state == "diverged" or ended_early:
             how = "diverged" if run.trainer_state == "diverged" else \
                 (run.status_reason or "stopped early")
             return "fails", (f"{label}: run {run.run_id} {how}, after {run.n_epochs} of "
-                             f"{run.epochs_planned or '?'} epochs {seeds_text(len(chosen))}"), {}
+                             f"{run.epochs_planned or '?'} epochs {seeds_text(len(seeds))}"), {}
+    try:
+        chosen = point_runs(claim, 0, runs)
+    except Unusable as problem:
+        return "undecided", f"{label}: {problem}", {}
     ln_k = _ln_k(chosen)
     kl = per_epoch(chosen, at_epoch("kl_teacher_student"), "second_half")
     h = per_epoch(chosen, at_epoch("teacher_entropy"), "second_half")

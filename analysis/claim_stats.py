@@ -17,8 +17,8 @@ from dino_ablate.contract.claims import ACCURACIES, Claim
 
 Verdict = Literal["holds", "fails", "undecided"]
 VERDICTS: tuple[Verdict, ...] = ("holds", "fails", "undecided")
-#: kinds for which a diverged run counts (with its last values; for `healthy` it fails it)
-DIVERGED_COUNTS = ("collapses", "below_init", "healthy")
+#: kinds for which a diverged run counts with its last values
+DIVERGED_COUNTS = ("collapses", "below_init")
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,10 +133,15 @@ def _matches(run: RunData, selector: Mapping[str, Any]) -> bool:
     return True
 
 
+def matching_runs(claim: Claim, index: int, runs: Sequence[RunData]) -> list[RunData]:
+    """The runs of the claim's point `index` (its seeds), finished or not."""
+    return [run for run in runs if _matches(run, claim.points[index])]
+
+
 def point_runs(claim: Claim, index: int, runs: Sequence[RunData]) -> list[RunData]:
     """The runs of the claim's point `index` (its seeds); Unusable when it has none or one of
     them has not finished."""
-    chosen = [run for run in runs if _matches(run, claim.points[index])]
+    chosen = matching_runs(claim, index, runs)
     if not chosen:
         raise Unusable("no run")
     for run in chosen:

@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, nargs="+",
                         default=[25, 50, 100, 200, 400, 800, 1600, 3200])
     args = parser.parse_args()
+    if args.every < 1 or min(args.windows) < args.every:
+        parser.error(f"--every {args.every} and --windows {args.windows}: every window must "
+                     "hold at least one snapshot (windows >= --every >= 1)")
     cfg = load_config(args.config, ["runtime.threads=1", *args.overrides])
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)

@@ -244,6 +244,19 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
 
 #: launcher files of the twin that describe the twin's sweep, not the run's results
 _NOT_ADOPTED = (".lock", RUN_FILE, LAUNCH_FILE, STATUS_FILE)
+#: where a twin's files are copied before they are renamed into place; while it exists the
+#: adoption is unfinished (`adoption_unfinished`) and the next submission adopts again
+ADOPTING = ".adopting"
+
+
+def adoption_unfinished(run_dir: Path) -> bool:
+    return (run_dir / ADOPTING).is_dir()
+
+
+def abandon_adoption(run_dir: Path) -> None:
+    """The run is launched instead (no twin now): what an interrupted adoption left stays as
+    the run's own start (the trainer sets aside what it cannot use), no longer adoptable."""
+    shutil.rmtree(run_dir / ADOPTING, ignore_errors=True)
 
 
 def adopt_finished_run(source: Path, run_dir: Path, sweep: Sweep, point: Point,
@@ -251,13 +264,13 @@ def adopt_finished_run(source: Path, run_dir: Path, sweep: Sweep, point: Point,
     """Copy a finished twin's results into the fresh `run_dir` and make it this sweep's run.
 
     The files are copied into `run_dir/.adopting/` first and renamed into place once all are
-    copied, the checkpoints and metrics.jsonl last, so an interrupted copy (a kill, a full
-    disk) leaves no partial file under a final name (a truncated `last.pt` the trainer would
-    set aside) and a run without results, which the next submission adopts afresh.
+    copied; the folder goes last. An interrupted copy (a kill, a full disk) leaves no partial
+    file under a final name (a truncated `last.pt` the trainer would set aside), and while the
+    folder is there the next submission adopts the twin again over what was moved.
     status.json is written last: a copy interrupted before it leaves an unfinished run with a
     final checkpoint, which the next submission launches and the trainer completes at once.
     """
-    staging = run_dir / ".adopting"
+    staging = run_dir / ADOPTING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     for entry in sorted(source.iterdir()):
@@ -267,10 +280,7 @@ def adopt_finished_run(source: Path, run_dir: Path, sweep: Sweep, point: Point,
             shutil.copytree(entry, staging / entry.name)
         else:
             shutil.copy2(entry, staging / entry.name)
-    # the files `has_results` looks at last: until they are in place, the run is fresh and
-    # what an interrupted adoption moved already is replaced by the next one
-    last = (CHECKPOINTS_DIR, METRICS_FILE)
-    for entry in sorted(staging.iterdir(), key=lambda e: (e.name in last, e.name)):
+    for entry in sorted(staging.iterdir()):
         target = run_dir / entry.name
         if target.is_dir():
             shutil.rmtree(target)

@@ -29,7 +29,9 @@ from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json
 from dino_ablate.runs import (
     FINAL,
     RunLock,
+    abandon_adoption,
     adopt_finished_run,
+    adoption_unfinished,
     append_submission,
     find_finished_twin,
     has_results,
@@ -145,12 +147,14 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
                 continue
             try:
                 reason = _skip_reason(run_dir, backend, states)
-                twin = None if reason is not None or has_results(run_dir) else \
-                    find_finished_twin(sweep_dir, sweep, point)
+                fresh = not has_results(run_dir) or adoption_unfinished(run_dir)
+                twin = find_finished_twin(sweep_dir, sweep, point) \
+                    if reason is None and fresh else None
                 if twin is not None:
                     adopt_finished_run(twin, run_dir, sweep, point, submission_id)
                 elif reason is None:
                     prepare_run_dir(run_dir, sweep, point)
+                    abandon_adoption(run_dir)  # trained here now: not to be adopted over
             except BaseException:
                 lock.release()  # not yet an item: the finally below would not release it
                 raise

@@ -273,7 +273,7 @@ class RayBackend:
                 })
             # Only once every point fits: a refused submission must not replace the record
             # of another launch (a queued SLURM job's id, which `status` and the next SLURM
-            # submission go by).
+            # submission go by). A submission that does launch replaces it: the run is Ray's.
             for item in items:
                 record_launch(item, self.name, submission_id, submission_id)
                 outcome.job_ids[item.point.run_id] = submission_id

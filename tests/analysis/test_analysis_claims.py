@@ -302,6 +302,10 @@ def test_healthy_fails_for_a_diverged_run_or_one_stopped_early_on_a_collapse(
     assert result.verdict == "fails", result.line()
     assert "diverged, after 7 of 10 epochs" in result.measured
     runs.runs.pop()
+    runs.add({"loss.sharpening": True}, state="diverged", records=[])  # in its first epoch
+    result = one(HEALTHY, runs)
+    assert result.verdict == "fails" and "diverged, after 0 of 10 epochs" in result.measured
+    runs.runs.pop()
     runs.add({"loss.sharpening": True}, records=synth.make_records(4))
     stopped = runs.runs[-1]
     stopped.status_reason = "stopped early: collapse detected"  # as train._finish writes it
@@ -383,6 +387,8 @@ def test_flat_undecided_within_the_spread_or_with_a_missing_point(runs: Runs) ->
     result = one(FLAT, runs)  # spans 1.5 points: 0.5 over the bound, within 2.8
     assert result.verdict == "undecided", result.line()
     assert "lowest center_momentum=0.99 68.0 ± 2.8 (2 seeds)" in result.measured
+    assert ("1 apart or not, within the spread: center_momentum=0.0 vs center_momentum=0.99, "
+            "center_momentum=0.9 vs center_momentum=0.99") in result.measured, result.measured
 
 
 def test_flat_with_shared_seeds_tests_the_same_seed_difference(runs: Runs) -> None:

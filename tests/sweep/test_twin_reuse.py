@@ -162,11 +162,12 @@ def test_a_done_twin_without_its_summary_is_not_copied(tmp_path: Path) -> None:
     assert not result.copied and backend.launched == [second.points[0].run_id]
 
 
+@pytest.mark.parametrize("where", ["copy", "move"])
 def test_an_interrupted_copy_leaves_no_partial_file_and_no_held_lock(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checkpoints folder fails half-copied (a full disk): nothing of it appears under its
-    final name (a truncated last.pt used to), the run's lock is released, and the next
-    submission copies the twin whole."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The checkpoints folder fails half-copied (a full disk), or the renames into place stop
+    after the checkpoints: no partial file appears under a final name (a truncated last.pt
+    used to), the run's lock is released, and the next submission copies the twin whole."""
     out = tmp_path / "out"
     first = _sweep(tmp_path, "first", 1, [0.99])
     first_dir = resolve_sweep_dir(first, out)
@@ -182,12 +183,26 @@ def test_an_interrupted_copy_leaves_no_partial_file_and_no_held_lock(
         real_copytree(src, dst, **kwargs)  # type: ignore[arg-type]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs.shutil, "copytree", full_disk)
+    real_replace = runs.os.replace
+
+    def killed_at_metrics(src: Path, dst: Path) -> None:
+        if Path(dst).name == "metrics.jsonl":
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    if where == "copy":
+        monkeypatch.setattr(runs.shutil, "copytree", full_disk)
+    else:
+        monkeypatch.setattr(runs.os, "replace", killed_at_metrics)
     with pytest.raises(OSError, match="No space left"):
         submit_sweep(second, second_dir, Recorder())
     monkeypatch.undo()
-    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
-    assert not runs.has_results(run_dir)
+    assert not (run_dir / "metrics.jsonl").exists()
+    if where == "copy":
+        assert not (run_dir / "checkpoints").exists() and not runs.has_results(run_dir)
+    else:  # moved whole, but the adoption is marked unfinished
+        assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"weights"
+        assert runs.adoption_unfinished(run_dir)
     lock = runs.RunLock(run_dir)
     assert lock.acquire("test")
     lock.release()
