@@ -143,9 +143,10 @@ def flat(claim: Claim, runs: Sequence[RunData]) -> Outcome:
     line = (f"{METRICS[claim.metric]} spans {span:.{d}f} {shown_unit} over {len(known)} points "
             f"(claimed at most {within:g}): highest {hi[1]}, lowest {lo[1]}")
     extreme = (min(hi[2], lo[2]), max(hi[2], lo[2]))
-    paired = None if pairs.get(extreme) is None else paired_difference(
-        point_runs(claim, hi[2], runs), point_runs(claim, lo[2], runs), claim.metric)
-    if paired is not None:  # shown as highest - lowest
+    paired = pairs.get(extreme)
+    if paired is not None and extreme[0] != hi[2]:  # shown as highest - lowest
+        paired = Stat(-paired.mean, paired.std, paired.n)
+    if paired is not None:
         line += paired_text(paired, d)
         values["paired"] = [{"between": [hi[2], lo[2]], **paired.as_dict()}]
     beyond = [f"{claim.labels[i]} vs {claim.labels[j]}" for (i, j), v in verdicts.items()

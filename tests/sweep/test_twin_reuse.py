@@ -124,16 +124,23 @@ def test_no_twin_copied_over_a_trained_run_or_from_an_unfinished_one(
         assert (run_dir_of(second_dir, run_id) / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
 
 
+def _finished_twin(tmp_path: Path, out: Path, **finish: int) -> tuple[Sweep, Path]:
+    """Sweep `first` (one point) under `out`, its run finished as the trainer leaves it."""
+    first = _sweep(tmp_path, "first", 1, [0.99])
+    first_dir = resolve_sweep_dir(first, out)
+    submit_sweep(first, first_dir, Recorder())
+    twin = run_dir_of(first_dir, first.points[0].run_id)
+    _finish(twin, **finish)
+    return first, twin
+
+
 @pytest.mark.parametrize("stop", [False, True])
 def test_a_twin_stopped_early_on_a_collapse_is_copied_only_where_runs_stop_so_too(
         tmp_path: Path, stop: bool) -> None:
     """`runtime.collapse_stop` is outside the run's hash: a twin that stopped at epoch 1 of 2
     would have stood in for a run that trains both epochs."""
     out = tmp_path / "out"
-    first = _sweep(tmp_path, "first", 1, [0.99])
-    first_dir = resolve_sweep_dir(first, out)
-    submit_sweep(first, first_dir, Recorder())
-    _finish(run_dir_of(first_dir, first.points[0].run_id), epochs=1, planned=2)
+    first, _ = _finished_twin(tmp_path, out, epochs=1, planned=2)
     file = tmp_path / "second.yaml"
     file.write_text(yaml.safe_dump({
         "name": "second", "base": BASE, "grid": {"teacher.momentum": [0.99]},
@@ -150,11 +157,7 @@ def test_a_twin_stopped_early_on_a_collapse_is_copied_only_where_runs_stop_so_to
 def test_a_done_twin_without_its_summary_is_not_copied(tmp_path: Path) -> None:
     """Killed between summary.json and status.json (an older trainer wrote status first)."""
     out = tmp_path / "out"
-    first = _sweep(tmp_path, "first", 1, [0.99])
-    first_dir = resolve_sweep_dir(first, out)
-    submit_sweep(first, first_dir, Recorder())
-    twin = run_dir_of(first_dir, first.points[0].run_id)
-    _finish(twin)
+    first, twin = _finished_twin(tmp_path, out)
     (twin / "summary.json").unlink()
     second = _sweep(tmp_path, "second", 2, [0.99])
     backend = Recorder()
@@ -169,11 +172,7 @@ def test_an_interrupted_copy_leaves_no_partial_file_and_no_held_lock(
     after the checkpoints: no partial file appears under a final name (a truncated last.pt
     used to), the run's lock is released, and the next submission copies the twin whole."""
     out = tmp_path / "out"
-    first = _sweep(tmp_path, "first", 1, [0.99])
-    first_dir = resolve_sweep_dir(first, out)
-    submit_sweep(first, first_dir, Recorder())
-    twin = run_dir_of(first_dir, first.points[0].run_id)
-    _finish(twin)
+    first, twin = _finished_twin(tmp_path, out)
     second = _sweep(tmp_path, "second", 2, [0.99])
     second_dir = resolve_sweep_dir(second, out)
     run_dir = run_dir_of(second_dir, second.points[0].run_id)
