@@ -240,7 +240,8 @@ class RuntimeConfig:
         "sequences of at most 64 tokens, where the plain matmul path measured faster")
     log_every_steps: int = _f(10, "progress line every this many steps", ge=1)
     collapse_stop: bool = _f(False, "stop a run early once a collapse is detected (the paper's "
-                             "runs ran to the end)")
+                             "runs ran to the end); a run it stopped trains on to its epochs "
+                             "when resumed with it off")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dino_ablate import checkpoint, dist, faults
 from dino_ablate.config import ConfigError, RunConfig, from_dict, to_dict
-from dino_ablate.contract import CONFIG_FILE, STATUS_FILE
+from dino_ablate.contract import (
+    ATTENTION_DIR,
+    CONFIG_FILE,
+    LINEAR_DIR,
+    STATUS_FILE,
+    STOPPED_ON_COLLAPSE,
+    SUMMARY_FILE,
+    stopped_on_collapse,
+)
 from dino_ablate.data import TrainData, load_data
 from dino_ablate.epoch import Loop, epoch_record, run_steps
 from dino_ablate.evaluate import Evaluator
@@ -129,8 +137,10 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     rd = check_run_dir(cfg, run_dir)
     status = rd.status()
     if status and status.get("state") in ("done", "diverged"):
-        log.info("%s is already %s; nothing to do", run_dir, status["state"])
-        return str(status["state"])
+        if not (stopped_on_collapse(status) and not cfg.runtime.collapse_stop):
+            log.info("%s is already %s; nothing to do", run_dir, status["state"])
+            return str(status["state"])
+        _train_on_after_collapse_stop(rd, status, info.rank == 0)
 
     loop = _start(cfg, rd, data, info, device, autocast_dtype)
     is_main = info.rank == 0
@@ -154,8 +164,21 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         dist.barrier()
         if cfg.runtime.collapse_stop and _collapsed(loop.history, cfg):
             return _finish(loop, rd, epoch + 1, record["step"],
-                           reason="stopped early: collapse detected")
+                           reason=STOPPED_ON_COLLAPSE)
     return _finish(loop, rd, cfg.epochs, loop.sched.total_steps)
+
+
+def _train_on_after_collapse_stop(rd: RunDir, status: dict[str, Any], is_main: bool) -> None:
+    """A run `runtime.collapse_stop` ended early, now trained with the stop off: it resumes
+    from its last checkpoint to its planned epochs. What the early end wrote (summary.json, the
+    attention maps, the paper probe's folder) is set aside, kept beside the new ones."""
+    log.info("%s stopped early at epoch %s of %s on a detected collapse; runtime.collapse_stop "
+             "is off now, so it trains on from its last checkpoint", rd.path,
+             status.get("epoch"), status.get("epochs"))
+    if is_main:
+        ended = [rd.path / name for name in (SUMMARY_FILE, ATTENTION_DIR, LINEAR_DIR)
+                 if (rd.path / name).exists()]
+        _set_aside(ended, "stopped-early", "written when the run stopped on the collapse")
 
 
 def _set_up_torch(cfg: RunConfig, info: dist.DistEnv, device: torch.device

@@ -144,3 +144,36 @@ def test_damaged_last_checkpoint_falls_back_to_previous(straight: Path, tmp_path
     best = torch.load(best_path, weights_only=True)
     knns = [r["knn_teacher"] for r in _metrics(out)]
     assert best["knn_teacher"] == max(knns) == knns[best["epoch"] - 1]
+
+
+COLLAPSING = ("runtime.deterministic=true", "epochs=12", "loss.sharpening=false")
+
+
+@pytest.mark.slow
+def test_a_run_stopped_on_a_collapse_trains_on_once_the_stop_is_off(tmp_path: Path) -> None:
+    """Centering without sharpening collapses to uniform by epoch ~6 of 12. With
+    `runtime.collapse_stop` the run ends there `done`; trained again with the stop still on it
+    is left alone, with the stop off it resumes from its last checkpoint to epoch 12, exactly
+    as a run that never stopped, and what the early end wrote is kept beside the new files."""
+    out = tmp_path / "run"
+    run_train(out, *COLLAPSING, "runtime.collapse_stop=true")
+    stopped = json.loads((out / "status.json").read_text())
+    assert stopped["state"] == "done" and stopped["reason"] == "stopped early: collapse detected"
+    assert 3 <= stopped["epoch"] < 12, stopped
+    early_summary = (out / "summary.json").read_text()
+    res = run_train(out, *COLLAPSING, "runtime.collapse_stop=true")
+    assert "already done" in res.stderr and len(_metrics(out)) == stopped["epoch"]
+
+    res = run_train(out, *COLLAPSING, "runtime.collapse_stop=false")
+    assert "trains on from its last checkpoint" in res.stderr, res.stderr[-2000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "done" and status["epoch"] == 12 and status["reason"] is None
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 12
+    kept = list(out.glob("summary.json.stopped-early-*"))
+    assert len(kept) == 1 and kept[0].read_text() == early_summary
+    assert len(list(out.glob("attention.stopped-early-*"))) == 1
+    assert (out / "attention" / "maps.npz").is_file()
+
+    never_stopped = tmp_path / "never"
+    run_train(never_stopped, *COLLAPSING)
+    assert _semantic(_metrics(out)) == _semantic(_metrics(never_stopped))

@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"output root; the sweep directory is OUT/<output_dir> (default: "
                    f"${DEFAULT_OUT_ENV} or ./outputs)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the run table with the estimated compute and memory; create "
-                   "nothing")
+                   help="print the run table with each run's state (SLURM asked, read-only, "
+                   "for the jobs recorded in the sweep directory) and the estimated compute "
+                   "and memory; create and submit nothing")
     p.add_argument("--max-points", type=int, default=MAX_POINTS, metavar="N",
                    help=f"refuse a sweep that expands to more than N points (default "
                    f"{MAX_POINTS:,}); the size is known before any point is built")
@@ -105,10 +106,15 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
     its rows and progress at once instead of expanding silently first).
 
     Returns the points of each distinct resource shape, for `print_placements`."""
+    from dino_ablate.commands.status import slurm_states
+    from dino_ablate.contract import RUNS_SUBDIR
     from dino_ablate.launch.cost import estimate
     from dino_ablate.runs import run_dir_of, run_state
 
     exists = sweep_dir.is_dir()
+    runs_root = sweep_dir / RUNS_SUBDIR
+    # the jobs recorded so far, asked once (a requeued job's run reads running, not failed)
+    job_states = slurm_states(sorted(runs_root.iterdir())) if runs_root.is_dir() else {}
     head: list[tuple[str, ...]] = [("run id", "varied", "resources", "state", "estimate",
                                     "memory")]
     widths: list[int] = []
@@ -119,7 +125,7 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
     for count, point in enumerate(iter_points(plan), start=1):
         mem = check_point(point, str(plan.file))
         rd = run_dir_of(sweep_dir, point.run_id)
-        state = run_state(rd).state if exists and rd.is_dir() else "pending"
+        state = run_state(rd, job_states).state if exists and rd.is_dir() else "pending"
         cost = estimate(point.config, point.resources)
         totals[cost.device] = totals.get(cost.device, 0.0) + cost.device_hours
         shapes.setdefault(_fmt_resources(point), []).append(point)
@@ -170,7 +176,7 @@ def _progress(what: str) -> Callable[[int, int], None]:
 
 
 def print_placements(shapes: dict[str, list[Point]], backend: str, out: TextIO) -> None:
-    """What each distinct resource shape asks the scheduler for (nothing is contacted)."""
+    """What each distinct resource shape would ask the scheduler for (nothing is submitted)."""
     out.write(f"\n{backend} placement:\n")
     for shown, points in shapes.items():
         res = points[0].resources

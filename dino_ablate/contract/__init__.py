@@ -10,7 +10,8 @@ everything here stays light (no torch).
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from collections.abc import Mapping
+from typing import Any, Final, Literal, get_args
 
 from dino_ablate.contract.collapse import CollapseResult, detect
 from dino_ablate.contract.files import clean, read_json, write_atomic, write_json
@@ -19,9 +20,10 @@ from dino_ablate.contract.metrics_file import MetricsParse, parse_metrics, read_
 __all__ = [
     "ATTENTION_DIR", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_DIR", "FILES", "INIT_FILE",
     "LAUNCH_FILE", "LAUNCH_STATES", "LINEAR_DIR", "METRICS", "METRICS_FILE", "RUNS_SUBDIR",
-    "RUN_FILE", "STATUS_FILE", "SUMMARY_FILE", "SWEEP_FILE", "TRAINER_STATES", "CollapseResult",
-    "LaunchState", "Metric", "MetricsParse", "TrainerState", "clean", "detect",
-    "parse_metrics", "read_json", "read_metrics", "write_atomic", "write_json",
+    "RUN_FILE", "STATUS_FILE", "STOPPED_ON_COLLAPSE", "SUMMARY_FILE", "SWEEP_FILE",
+    "TRAINER_STATES", "CollapseResult", "LaunchState", "Metric", "MetricsParse", "TrainerState",
+    "clean", "detect", "parse_metrics", "read_json", "read_metrics", "stopped_on_collapse",
+    "write_atomic", "write_json",
 ]
 
 # -- file names (docs/run_directory.md, first table) --------------------------------------------
@@ -53,6 +55,15 @@ TRAINER_STATES: Final[tuple[TrainerState, ...]] = get_args(TrainerState)
 #: what a launcher can say of a run: not yet submitted, submitted, or the trainer's own state
 LaunchState = Literal["pending", "queued", "running", "done", "diverged", "failed"]
 LAUNCH_STATES: Final[tuple[LaunchState, ...]] = get_args(LaunchState)
+#: status.json's `reason` for a run that `runtime.collapse_stop` ended on a detected collapse
+STOPPED_ON_COLLAPSE: Final = "stopped early: collapse detected"
+
+
+def stopped_on_collapse(status: Mapping[str, Any]) -> bool:
+    """Whether status.json says `done` before the planned epochs, on a detected collapse: a run
+    that trains on when `runtime.collapse_stop` is off (it is outside the run's identity)."""
+    return (status.get("state") == "done" and status.get("reason") == STOPPED_ON_COLLAPSE
+            and status.get("epoch") != status.get("epochs"))
 
 
 # -- metrics.jsonl --------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ A backend is thin: it turns a list of prepared run directories into jobs (`launc
 the state of jobs it launched earlier (`job_states`). It does not know DINO. The decision of what
 to launch is here, the same for SLURM and Ray:
 
-- `done` / `diverged` runs are skipped;
-- a run whose recorded job is still queued or running is skipped;
+- `done` / `diverged` runs are skipped, except a run stopped early on a detected collapse whose
+  point no longer stops so (`runtime.collapse_stop` off): it trains on to its planned epochs;
+- a run whose recorded job is still queued or running is skipped (on Ray too when the job is a
+  SLURM one: SLURM is asked where it can be);
 - a run whose lock is held by someone else (a job training it, a Ray driver, another
   submitter still deciding) is skipped; a submitter's lock is waited for, briefly;
 - a run never trained whose twin (the same semantic hash) is `done` in another sweep under the
@@ -16,6 +18,7 @@ to launch is here, the same for SLURM and Ray:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json
+from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json, stopped_on_collapse
 from dino_ablate.runs import (
     FINAL,
     RunLock,
@@ -44,6 +47,8 @@ from dino_ablate.runs import (
     write_sweep_json,
 )
 from dino_ablate.sweep import Point, Sweep
+
+log = logging.getLogger("dino_ablate.launch")
 
 #: how long a submission waits, in all, for locks held by other *submitters*.
 SUBMIT_LOCK_WAIT_S = 60.0
@@ -96,10 +101,33 @@ def recorded_job_ids(sweep: Sweep, sweep_dir: Path, backend: str) -> list[str]:
     return ids
 
 
-def _skip_reason(run_dir: Path, backend: Backend, states: Mapping[str, str]) -> str | None:
+def _slurm_states_for_other_backend(sweep: Sweep, sweep_dir: Path, backend: Backend
+                                    ) -> dict[str, str]:
+    """For a submission on another backend (Ray): the states of the SLURM jobs recorded for
+    the sweep's runs, so that a run whose SLURM job is still queued or running is not launched
+    beside it (and its launch.json, which `status` and SLURM submissions read, is kept).
+    `{}` when no run records a SLURM job, or when SLURM cannot be asked from here (warned: the
+    per-run lock still keeps two trainers off one run)."""
+    if backend.name == "slurm":
+        return {}
+    dirs = [run_dir_of(sweep_dir, p.run_id) for p in sweep.points]
+    if not any((read_launch(d) or {}).get("backend") == "slurm" for d in dirs):
+        return {}
+    from dino_ablate.launch.slurm import recorded_job_states
+
+    try:
+        return recorded_job_states(dirs)
+    except RuntimeError as exc:
+        log.warning("%s; the SLURM jobs recorded for this sweep's runs are not checked", exc)
+        return {}
+
+
+def _skip_reason(run_dir: Path, point: Point, backend: Backend, states: Mapping[str, str],
+                 slurm_states: Mapping[str, str]) -> str | None:
     """Why this run must not be launched now (its lock is held by us), or None."""
     status = read_json(run_dir / STATUS_FILE) or {}
-    if status.get("state") in FINAL:
+    trains_on = stopped_on_collapse(status) and not point.config.runtime.collapse_stop
+    if status.get("state") in FINAL and not trains_on:
         return f"{status['state']} (epoch {status.get('epoch')}/{status.get('epochs')})"
     launch = read_launch(run_dir) or {}
     job_id = launch.get("job_id")
@@ -109,6 +137,9 @@ def _skip_reason(run_dir: Path, backend: Backend, states: Mapping[str, str]) -> 
             state = backend.job_states([str(job_id)]).get(str(job_id))
         if job_active(state):
             return f"job {job_id} is {state}"
+    elif launch.get("backend") == "slurm" and job_id and \
+            job_active(state := slurm_states.get(str(job_id))):
+        return f"SLURM job {job_id} is {state} (submission {launch.get('submission')})"
     return None
 
 
@@ -121,6 +152,7 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
     write_sweep_json(sweep_dir, sweep)
     submission_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     states = backend.job_states(recorded_job_ids(sweep, sweep_dir, backend.name))
+    slurm_states = _slurm_states_for_other_backend(sweep, sweep_dir, backend)
     deadline = time.monotonic() + lock_wait_s
     items: list[LaunchItem] = []
     skipped: dict[str, str] = {}
@@ -146,7 +178,7 @@ def submit_sweep(sweep: Sweep, sweep_dir: Path, backend: Backend,
                                          f"(pid {holder.get('pid')} on {holder.get('host')})")
                 continue
             try:
-                reason = _skip_reason(run_dir, backend, states)
+                reason = _skip_reason(run_dir, point, backend, states, slurm_states)
                 fresh = not has_results(run_dir) or adoption_unfinished(run_dir)
                 twin = find_finished_twin(sweep_dir, sweep, point) \
                     if reason is None and fresh else None

@@ -19,6 +19,7 @@ No shell sees the parameters: submitit writes them as quoted `#SBATCH` lines and
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,13 @@ from dino_ablate.sweep import Resources, Sweep
 
 log = logging.getLogger("dino_ablate.launch.slurm")
 
-#: how long a starting job waits for the run's lock (its submitter may still hold it).
-JOB_LOCK_WAIT_S = 600.0
+#: how long a starting job waits for the run's lock (its submitter may still hold it);
+#: `DINO_ABLATE_JOB_LOCK_WAIT_S` in the submitter's environment (which sbatch passes on) sets it
+JOB_LOCK_WAIT_S = float(os.environ.get("DINO_ABLATE_JOB_LOCK_WAIT_S", "600"))
+#: srun ends every task of a job once one exits with an error: a rank that fails (rank 0
+#: refused the run's lock, a crash) would leave the others waiting at the rendezvous or in a
+#: collective for the process group's 30-minute timeout, holding every node of the job
+SRUN_ARGS = ("--kill-on-bad-exit=1",)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -79,6 +85,7 @@ def sbatch_parameters(res: Resources, job_name: str, max_parallel: int | None,
         "ntasks_per_node": res.tasks,
         "cpus_per_task": res.cpus_per_task,
         "signal_delay_s": res.signal_delay_s,
+        "srun_args": list(SRUN_ARGS),
     }
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
@@ -161,6 +168,19 @@ def _expand(job_id: str) -> list[str]:
 #: its pending array record leaves no record at all, and finished jobs are purged after
 #: MinJobAge.
 GONE = "GONE"
+
+
+def recorded_job_states(run_dirs: Iterable[Path]) -> dict[str, str]:
+    """SLURM state of the jobs that the run directories' launch.json record (`{}` when none
+    records a SLURM job, and SLURM is not asked). Raises RuntimeError as `query_job_states`."""
+    from dino_ablate.runs import read_launch
+
+    ids = []
+    for run_dir in run_dirs:
+        launch = read_launch(run_dir) or {}
+        if launch.get("backend") == "slurm" and launch.get("job_id"):
+            ids.append(str(launch["job_id"]))
+    return query_job_states(ids) if ids else {}
 
 
 def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:

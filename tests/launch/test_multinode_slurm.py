@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,47 @@ def test_lost_slurmd_requeues_the_job_which_resumes(on_two_nodes: Any, tmp_path:
     submissions = (sweep_dir / "submissions.jsonl").read_text().splitlines()
     assert len(submissions) == 1
     assert json.loads((run_dir / "status.json").read_text())["state"] == "done"
+
+
+def test_a_job_whose_rank_0_is_refused_the_lock_ends_on_both_nodes(
+        on_two_nodes: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's lock is held by someone else when its 2-node job starts (a `dino-ablate
+    train` of the same run directory, a Ray trial): rank 0 waits for it
+    (`DINO_ABLATE_JOB_LOCK_WAIT_S`, 2 s here), refuses to train the run twice and exits with
+    an error before the rendezvous. srun (`--kill-on-bad-exit=1`) then ends rank 1 too. Without
+    it rank 1 waited at the rendezvous for the process group's 30-minute timeout, holding both
+    nodes. A job of both nodes runs first, so that ours is queued while the test takes the
+    lock."""
+    from dino_ablate.runs import RunLock
+
+    monkeypatch.setenv("DINO_ABLATE_JOB_LOCK_WAIT_S", "2")
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--nodes", "2",
+                              "--output", str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        file = tiny_sweep(tmp_path / "mn_lock.yaml", "mn_lock", 2, nodes=2)
+        out = tmp_path / "out"
+        cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+        sweep_dir = out / "mn_lock" / "local"
+        (run_id, row), = wait_for(sweep_dir, lambda rows: all(
+            r["state"] == "queued" for r in rows.values()), 60, "the job queued").items()
+        lock = RunLock(sweep_dir / "runs" / run_id)
+        assert lock.acquire("train by the test (another holder)")
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    started = time.monotonic()
+    try:  # the run reads `queued` while the test holds its lock: wait for the job itself
+        wait_for(sweep_dir, lambda rows: rows[run_id]["job_state"] not in (
+            None, "PENDING", "CONFIGURING", "RUNNING", "COMPLETING"), 240,
+            "the job to end once rank 0 was refused")
+    finally:
+        lock.release()
+    assert time.monotonic() - started < 240
+    row = status(sweep_dir)[run_id]
+    assert row["state"] == "failed" and row["job_state"] == "FAILED", row
+    assert "before training started" in row["reason"], row
+    assert re.search(r"JobState=FAILED", _job_info(row["job_id"])), _job_info(row["job_id"])
+    logs = _job_logs(sweep_dir, row["job_id"])
+    assert "not training it twice" in logs[f"{row['job_id']}_0_log.err"], logs
+    assert f"{row['job_id']}_1_log.err" in logs, sorted(logs)  # rank 1 had started too
+    assert not (sweep_dir / "runs" / run_id / "metrics.jsonl").exists()

@@ -231,3 +231,34 @@ def test_slurmd_lost_for_a_while_then_back(slurm_cluster: Any, tmp_path: Path) -
         assert metrics_epochs(sweep_dir / "runs" / run_id) == [1, 2, 3], run_id
     print(f"slurmd down 40 s: {len(to_resubmit)} run(s) needed resubmitting "
           f"({sorted(to_resubmit)}); restart log:\n{restart.stdout}")
+
+
+def test_a_queued_job_reads_queued_in_the_dry_run_and_is_not_launched_again_on_ray(
+        slurm_cluster: Any, tmp_path: Path) -> None:
+    """While a run's SLURM job waits (a job of the whole node runs first), the dry run asks
+    SLURM and shows it `queued` (it read `pending`), and a Ray submission of the same sweep
+    skips it, naming the job, and keeps its launch.json (it launched the run on Ray and
+    replaced the record `status` and the next SLURM submission read). Then the job runs."""
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--output",
+                              str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        file = one_point_sweep(tmp_path / "queued.yaml", "queued", 2)
+        out = tmp_path / "out"
+        cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+        sweep_dir = out / "queued" / "local"
+        (run_id, row), = wait_for(sweep_dir, lambda rows: all(
+            r["job_state"] == "PENDING" for r in rows.values()), 60, "the job pending").items()
+        assert row["state"] == "queued", row
+        dry = cli("sweep", str(file), "--backend", "ray", "--out", str(out), "--dry-run").stdout
+        line = next(line for line in dry.splitlines() if line.startswith(run_id))
+        assert re.split(r"\s{2,}", line)[3] == "queued", dry
+        launch = (sweep_dir / "runs" / run_id / "launch.json").read_text()
+        ray = cli("sweep", str(file), "--backend", "ray", "--out", str(out))
+        assert f"skip    {run_id}: SLURM job {row['job_id']} is PENDING" in ray.stdout, ray.stdout
+        assert "0 launched, 1 skipped" in ray.stdout, ray.stdout
+        assert (sweep_dir / "runs" / run_id / "launch.json").read_text() == launch
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    rows = wait_for(sweep_dir, all_final, 300, "the job to run once the node is free")
+    assert rows[run_id]["state"] == "done" and rows[run_id]["job_id"] == row["job_id"], rows

@@ -60,8 +60,10 @@ def _finish(run_dir: Path, epochs: int = 2, planned: int | None = None) -> None:
         "".join(json.dumps({"epoch": e, "knn_teacher": 0.5 + e / 100}) + "\n"
                 for e in range(1, epochs + 1)))
     (run_dir / "summary.json").write_text(json.dumps({"state": "done", "epochs": epochs}))
+    reason = "stopped early: collapse detected" if planned else None  # as train._finish
     (run_dir / "status.json").write_text(json.dumps({"state": "done", "epoch": epochs,
-                                                     "epochs": planned or epochs}))
+                                                     "epochs": planned or epochs,
+                                                     "reason": reason}))
 
 
 def test_a_done_twin_is_copied_and_the_rest_launched(tmp_path: Path) -> None:
@@ -152,6 +154,34 @@ def test_a_twin_stopped_early_on_a_collapse_is_copied_only_where_runs_stop_so_to
     run_id = second.points[0].run_id
     assert run_id.split("_")[-1] == first.points[0].run_id.split("_")[-1]  # the same run
     assert bool(result.copied) is stop and (run_id in backend.launched) is not stop
+
+
+def _stopping_sweep(tmp_path: Path, stop: bool) -> Sweep:
+    file = tmp_path / "stops.yaml"
+    file.write_text(yaml.safe_dump({
+        "name": "stops", "base": BASE, "grid": {"teacher.momentum": [0.99]},
+        "profiles": {"local": {"config": {"runtime": {"device": "cpu",
+                                                      "collapse_stop": stop}}}}}))
+    return load_sweep(file, "local")
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_a_run_stopped_on_a_collapse_is_launched_again_once_its_point_no_longer_stops(
+        tmp_path: Path, stop: bool) -> None:
+    """It is `done`, but a point without `runtime.collapse_stop` trains all its epochs: the
+    resubmission launches it (the trainer resumes it, tests/test_train_integration.py)."""
+    out = tmp_path / "out"
+    first = _stopping_sweep(tmp_path, True)
+    sweep_dir = resolve_sweep_dir(first, out)
+    submit_sweep(first, sweep_dir, Recorder())
+    run_id = first.points[0].run_id
+    _finish(run_dir_of(sweep_dir, run_id), epochs=1, planned=2)
+    again = _stopping_sweep(tmp_path, stop)
+    assert again.points[0].run_id == run_id
+    backend = Recorder()
+    result = submit_sweep(again, sweep_dir, backend)
+    assert (run_id in backend.launched) is not stop
+    assert (result.skipped.get(run_id) == "done (epoch 1/2)") is stop, result.skipped
 
 
 def test_a_done_twin_without_its_summary_is_not_copied(tmp_path: Path) -> None:
