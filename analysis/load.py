@@ -302,7 +302,7 @@ def load_results(path: str | Path, *, use_cache: bool = True) -> SweepResults:
         analysis.sweepdir.NotASweepDirectory: ``path`` holds no run directories.
     """
     layout = locate(path)
-    stamps = [(str(run_dir), fingerprint(run_dir)) for run_dir in layout.run_dirs]
+    stamps = [(str(run_dir), fingerprint(run_dir)) for run_dir in layout.current_run_dirs]
     sweep_key = (sweep_fingerprint(layout.root), tuple(stamps), str(layout.root))
     cached = read_cache(layout.root) if use_cache else CacheContent()
     if cached.sweep_key == sweep_key and isinstance(cached.sweep, SweepResults):

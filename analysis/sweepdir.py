@@ -88,6 +88,30 @@ class SweepLayout:
         """:func:`listed_points` of this sweep's ``sweep.json``."""
         return listed_points(self.sweep_meta)
 
+    @property
+    def current_run_dirs(self) -> tuple[Path, ...]:
+        """The run directories of the sweep's current expansion: those ``sweep.json`` lists,
+        matched by directory name as the claims match them (every run directory when it lists
+        none). A run directory left by an earlier expansion of the sweep file (another recipe,
+        other run ids) is not one of its points: not a seed in its tables, not a curve in its
+        plots.
+
+        Raises:
+            NotASweepDirectory: ``sweep.json`` lists runs and none of them has a directory yet.
+        """
+        listed = self.listed_points
+        if not listed:
+            return self.run_dirs
+        current = tuple(d for d in self.run_dirs if d.name in listed)
+        if not current:
+            raise NotASweepDirectory(
+                self.root / SWEEP_FILE,
+                f"lists {len(listed)} run(s) and none of them has a run directory under "
+                f"{RUNS_SUBDIR}/ yet; the {len(self.run_dirs)} there are from an earlier "
+                "expansion of the sweep file, not its points (submit the sweep, or copy its "
+                "runs back)")
+        return current
+
 
 def listed_points(sweep_meta: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     """The points of the sweep's current expansion, as ``sweep.json`` lists them: run id -> its

@@ -65,7 +65,6 @@ import pandas as pd
 from analysis.collapse import ONE_DIM, UNIFORM
 from analysis.load import SweepResults
 from analysis.state import DONE, STATES
-from analysis.sweepdir import listed_points
 
 #: States whose kNN is a final value.
 FINISHED_STATES = frozenset({DONE, UNIFORM, ONE_DIM})
@@ -196,13 +195,11 @@ def _collapse_related(runs: pd.DataFrame, reference_keys: tuple[str, ...]) -> bo
 def build_table(sweep: SweepResults) -> AblationTable:
     """Aggregate ``sweep.runs`` into one row per sweep point (module docstring).
 
-    Only the runs of the sweep's current expansion count (those ``sweep.json`` lists, as for
-    the claims): a run directory left by an earlier expansion of the file is not a seed of the
-    point whose varied values it shares."""
+    ``sweep.runs`` holds the runs of the sweep's current expansion only
+    (``SweepLayout.current_run_dirs``, as for the claims and the plots): a run directory left
+    by an earlier expansion of the file is not a seed of the point whose varied values it
+    shares."""
     runs = sweep.runs.copy()
-    listed = listed_points(sweep.sweep_meta)
-    if listed and runs["run_id"].isin(list(listed)).any():
-        runs = runs[runs["run_id"].isin(list(listed))]
     point_keys = sweep.point_keys
     if not point_keys:
         runs[SINGLE_POINT_KEY] = sweep.name

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.load import load_results
+from analysis.sweepdir import NotASweepDirectory
 from analysis.table_format import latex_escape, render, to_csv, to_latex, to_markdown
 from analysis.tables import AblationTable, build_table, combined_state
 from tests.analysis import synth
@@ -79,9 +80,38 @@ def test_runs_of_an_earlier_expansion_are_not_seeds_of_a_point(tmp_path: Path) -
     synth.write_run(root / "runs" / "ema_old", varied={"teacher.update": "ema"},
                     records=synth.make_records(3, knn_teacher_final=0.40))
     sweep = load_results(root)
-    assert "ema_old" in sweep.runs["run_id"].tolist()  # still read, listed as a run
+    # not read at all: no seed in the table, no curve in the plots (they read `frame`)
+    assert sweep.runs["run_id"].tolist() == ["ema_new", "previous_epoch_new"]
+    assert set(sweep.frame["run_id"]) == {"ema_new", "previous_epoch_new"}
     row = build_table(sweep).frame.set_index("teacher.update").loc["ema"]
     assert row["n_runs"] == 1 and row["teacher_knn_mean"] == pytest.approx(90.0)
+
+
+def test_listed_runs_are_matched_by_directory_name_as_the_claims_match_them(
+        tmp_path: Path) -> None:
+    """A run.json whose run_id is not its directory's name (a directory renamed or copied
+    back under another name) is still the listed run (it was dropped from the table, while
+    the claims counted it)."""
+    runs = [{"run_id": name, "varied": {"teacher.update": name},
+             "records": synth.make_records(3, knn_teacher_final=0.9)} for name in ("a", "b")]
+    root = synth.write_sweep(tmp_path / "s", runs)
+    run_json = root / "runs" / "a" / "run.json"
+    run_json.write_text(run_json.read_text().replace('"run_id": "a"', '"run_id": "other"'))
+    assert '"other"' in run_json.read_text()
+    frame = build_table(load_results(root, use_cache=False)).frame
+    assert frame["teacher.update"].tolist() == ["a", "b"] and frame["n_runs"].tolist() == [1, 1]
+
+
+def test_a_sweep_none_of_whose_listed_runs_has_a_directory_is_refused(tmp_path: Path) -> None:
+    """Only runs of an earlier expansion are there: they were shown as the sweep's table."""
+    runs = [{"run_id": "new", "varied": {"teacher.update": "ema"},
+             "records": synth.make_records(3, knn_teacher_final=0.9)}]
+    root = synth.write_sweep(tmp_path / "s", runs)
+    (root / "runs" / "new").rename(root / "runs" / "old")
+    with pytest.raises(NotASweepDirectory, match=r"sweep.json: lists 1 run\(s\) and none of "
+                       r"them has a run directory under runs/ yet; the 1 there are from an "
+                       r"earlier expansion"):
+        load_results(root, use_cache=False)
 
 
 def test_named_baseline_moves_the_reference(tmp_path: Path) -> None:
