@@ -159,13 +159,25 @@ def diverged(chosen: Sequence[RunData]) -> str:
     return " (diverged)" if any(run.trainer_state == "diverged" for run in chosen) else ""
 
 
+#: summary.json's final probe, for a linear_* metric that metrics.jsonl never holds (the paper
+#: probe protocol runs once, after training), as the tables read it
+SUMMARY_FINALS = {"linear_teacher": "linear_teacher_final",
+                  "linear_student": "linear_student_final"}
+
+
 def final(run: RunData, metric: str) -> float:
     """The run's final value of `metric` in display units: the last finite value (the median
-    over epochs for images_per_s: the first epoch carries warm-up)."""
+    over epochs for images_per_s: the first epoch carries warm-up); for linear_* with none,
+    summary.json's final probe."""
     column = run.columns.get(metric)
+    finite = column[np.isfinite(column)] if column is not None and column.dtype != object \
+        else np.array([])
+    if finite.size == 0 and metric in SUMMARY_FINALS:
+        value = getattr(run, SUMMARY_FINALS[metric])
+        if value is not None and math.isfinite(value):
+            return float(value) * scale(metric)
     if column is None or column.dtype == object:
         raise Unusable(f"run {run.run_id} has no {metric}")
-    finite = column[np.isfinite(column)]
     if finite.size == 0:
         raise Unusable(f"run {run.run_id} has no finite {metric}")
     value = float(np.median(finite)) if metric == "images_per_s" else float(finite[-1])

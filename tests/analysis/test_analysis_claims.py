@@ -84,6 +84,33 @@ def test_order_fails_when_reversed(runs: Runs) -> None:
     assert result.verdict == "fails" and "50.0 (1 seed) < update=previous_epoch" in result.line()
 
 
+LINEAR_ORDER = claims_of([{"id": "ema_wins_linear", "kind": "order", "source": "Fig. 6 right",
+                           "metric": "linear_teacher", "paper": {"ema": 74.0},
+                           "points": [{"teacher.update": "ema"},
+                                      {"teacher.update": "previous_epoch"}]}],
+                         grid={"teacher.update": ["ema", "previous_epoch"]})
+
+
+@pytest.mark.parametrize(("ema", "verdict"), [(0.80, "holds"), (0.50, "fails")])
+def test_a_linear_claim_reads_the_paper_probe_from_the_summary(
+        runs: Runs, ema: float, verdict: str) -> None:
+    """Under the paper probe protocol metrics.jsonl holds no linear_* value (the probe runs
+    once, after training): the claim reads summary.json's, as the table does (it was
+    undecided: no finite linear_teacher)."""
+    for update, value in (("ema", ema), ("previous_epoch", 0.60)):
+        runs.add({"teacher.update": update}, knn_teacher_final=0.7)
+        summary_file = Path(runs.runs[-1].run_dir) / "summary.json"
+        summary = json.loads(summary_file.read_text())
+        summary.update(linear_protocol="paper", linear_teacher=value, linear_student=value)
+        summary_file.write_text(json.dumps(summary))
+        runs.runs[-1] = read_run(Path(runs.runs[-1].run_dir))
+        assert "linear_teacher" not in json.loads(
+            (Path(runs.runs[-1].run_dir) / "metrics.jsonl").read_text().splitlines()[-1])
+    result = one(LINEAR_ORDER, runs)
+    assert result.verdict == verdict, result.line()
+    assert f"update=ema {100 * ema:.1f}" in result.line(), result.line()
+
+
 def test_order_within_the_seed_spread_is_undecided(runs: Runs) -> None:
     for seed, knn in enumerate((0.60, 0.70, 0.80)):  # 70 ± 10
         runs.add({"teacher.update": "ema"}, seed=seed, knn_teacher_final=knn)
