@@ -21,10 +21,11 @@ the ranks' logs live under `<sweep_dir>/ray/` (on a cluster: a file system every
 `--ray-address ADDR` (or `RAY_ADDRESS`) joins an existing cluster; without it a private
 loopback-only Ray is started for the submission (:mod:`dino_ablate.launch.ray_local`).
 
-The Ray driver holds every launched run's lock for the whole `fit()`, so a concurrent
-submission of the same sweep skips these runs. While it waits, a Tune callback prints one
-progress line at most every few seconds (:class:`Progress`); Tune's own "may be a performance
-bottleneck" warnings are silenced, as a trial report here is a few numbers per epoch.
+The Ray driver holds every launched run's lock until its trial has ended for good (done, or
+failed with no retry left), so a concurrent submission of the same sweep skips these runs.
+While it waits, a Tune callback prints one progress line at most every few seconds
+(:class:`Progress`); Tune's own "may be a performance bottleneck" warnings are silenced, as a
+trial report here is a few numbers per epoch.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -174,8 +175,10 @@ def _short(run_id: str, width: int = 40) -> str:
     return run_id if len(run_id) <= width else run_id[:width - 1] + "\u2026"
 
 
-def _tune_callback(progress: Progress) -> Any:
-    """A Tune callback feeding `progress` (built here: ray is imported only after setup)."""
+def _tune_callback(progress: Progress | None, ended: Callable[[str], None]) -> Any:
+    """A Tune callback feeding `progress` (None: silent) and calling `ended(run_id)` once a
+    trial has ended for good, done or failed with no retry left (built here: ray is imported
+    only after setup)."""
     from ray import tune
 
     def run_of(trial: Any) -> tuple[str, int | None]:
@@ -185,19 +188,26 @@ def _tune_callback(progress: Progress) -> Any:
     class _Callback(tune.Callback):  # type: ignore[misc]
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any,
                            **info: Any) -> None:
-            progress.started(run_of(trial)[0])
+            if progress is not None:
+                progress.started(run_of(trial)[0])
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                             result: dict[str, Any], **info: Any) -> None:
-            progress.result(*run_of(trial), result)
+            if progress is not None:
+                progress.result(*run_of(trial), result)
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
                               **info: Any) -> None:
-            progress.ended_as(run_of(trial)[0], "done")
+            ended(run_of(trial)[0])
+            if progress is not None:
+                progress.ended_as(run_of(trial)[0], "done")
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
                            **info: Any) -> None:
-            progress.ended_as(run_of(trial)[0], "error")
+            # Tune calls on_trial_recover instead when the trial is retried
+            ended(run_of(trial)[0])
+            if progress is not None:
+                progress.ended_as(run_of(trial)[0], "error")
 
     return _Callback()
 
@@ -284,8 +294,13 @@ class RayBackend:
                                                   strategy=placement.strategy)
 
             logging.getLogger(TUNE_SLOW_LOGGER).setLevel(logging.ERROR)
-            callbacks = ([_tune_callback(Progress(len(specs), self.progress))]
-                         if self.progress is not None else [])
+            # A run's lock is released as soon as its trial has ended for good, not when the
+            # whole submission ends: a trial that failed with no retry left reads `failed`
+            # while the others still run (it read `running`, the driver holding its lock).
+            locks = {item.point.run_id: item.lock for item in items}
+            progress = Progress(len(specs), self.progress) if self.progress is not None \
+                else None
+            callbacks = [_tune_callback(progress, lambda run_id: locks[run_id].release())]
             tuner = tune.Tuner(
                 tune.with_resources(run_point_trial, resources),
                 param_space={"run": tune.grid_search(specs)},

@@ -155,3 +155,55 @@ def test_a_point_the_cluster_cannot_hold_is_refused_without_touching_its_launch_
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "needs 1 node(s) with 512 CPU each" in proc.stderr, proc.stderr
     assert json.loads((run_dir / "launch.json").read_text()) == record
+
+
+def test_a_trial_failed_for_good_reads_failed_while_the_others_still_run(
+        ray_cluster: Any, tmp_path: Path) -> None:
+    """Seed 0's trainer is killed at step 3 and `--max-retries 0` leaves its trial no retry:
+    `status` shows it failed while seed 1's trial still trains (it read `running` until the
+    whole submission ended: the driver held its lock)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from launch_helpers import ROOT, one_point_sweep, status
+
+    address = ray_cluster.context.address_info["gcs_address"]
+    file = one_point_sweep(tmp_path / "rayfail.yaml", "rayfail", 60)
+    raw = yaml.safe_load(file.read_text())
+    raw["seeds"] = [0, 1]
+    file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DINO_ABLATE_FAULT": "kill_step:3@seed-0"}
+    driver = subprocess.Popen([sys.executable, "-m", "dino_ablate", "sweep", str(file),
+                               "--backend", "ray", "--out", str(out), "--ray-address", address,
+                               "--max-retries", "0"],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    sweep_dir = out / "rayfail" / "local"
+    try:
+        deadline = time.monotonic() + 300
+        rows: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            assert driver.poll() is None, f"the submission ended first: {rows}\n" \
+                f"{driver.communicate()[0]}"
+            if (sweep_dir / "sweep.json").exists():
+                rows = status(sweep_dir)
+                states = {run_id.split("_")[0]: r["state"] for run_id, r in rows.items()}
+                if states.get("seed-0") == "failed":
+                    break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"seed 0 never read failed: {rows}")
+        assert states == {"seed-0": "failed", "seed-1": "running"}, rows
+        failed = next(r for run_id, r in rows.items() if run_id.startswith("seed-0"))
+        assert "interrupted at epoch 0" in failed["reason"], failed
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1, output  # a run failed
+    rows = status(sweep_dir)
+    assert sorted(r["state"] for r in rows.values()) == ["done", "failed"], rows
