@@ -140,7 +140,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
         if not (stopped_on_collapse(status) and not cfg.runtime.collapse_stop):
             log.info("%s is already %s; nothing to do", run_dir, status["state"])
             return str(status["state"])
-        _train_on_after_collapse_stop(rd, status, info.rank == 0)
+        _train_on_after_collapse_stop(rd, cfg, status, info.rank == 0)
 
     loop = _start(cfg, rd, data, info, device, autocast_dtype)
     is_main = info.rank == 0
@@ -168,14 +168,20 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     return _finish(loop, rd, cfg.epochs, loop.sched.total_steps)
 
 
-def _train_on_after_collapse_stop(rd: RunDir, status: dict[str, Any], is_main: bool) -> None:
+def _train_on_after_collapse_stop(rd: RunDir, cfg: RunConfig, status: dict[str, Any],
+                                  is_main: bool) -> None:
     """A run `runtime.collapse_stop` ended early, now trained with the stop off: it resumes
-    from its last checkpoint to its planned epochs. What the early end wrote (summary.json, the
-    attention maps, the paper probe's folder) is set aside, kept beside the new ones."""
+    from its last checkpoint to its planned epochs. status.json says `running` first (a kill
+    from here on leaves an interrupted run, resumed by the next submission, not a `done` one
+    without its summary); then what the early end wrote (summary.json, the attention maps, the
+    paper probe's folder) is set aside, kept beside the new files."""
     log.info("%s stopped early at epoch %s of %s on a detected collapse; runtime.collapse_stop "
              "is off now, so it trains on from its last checkpoint", rd.path,
              status.get("epoch"), status.get("epochs"))
     if is_main:
+        rd.write_status("running", int(status.get("epoch") or 0), cfg.epochs,
+                        int(status.get("step") or 0),
+                        reason="training on after a collapse stop (runtime.collapse_stop off)")
         ended = [rd.path / name for name in (SUMMARY_FILE, ATTENTION_DIR, LINEAR_DIR)
                  if (rd.path / name).exists()]
         _set_aside(ended, "stopped-early", "written when the run stopped on the collapse")

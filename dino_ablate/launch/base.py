@@ -102,28 +102,33 @@ def recorded_job_ids(sweep: Sweep, sweep_dir: Path, backend: str) -> list[str]:
 
 
 def _slurm_states_for_other_backend(sweep: Sweep, sweep_dir: Path, backend: Backend
-                                    ) -> dict[str, str]:
+                                    ) -> dict[str, str] | None:
     """For a submission on another backend (Ray): the states of the SLURM jobs recorded for
     the sweep's runs, so that a run whose SLURM job is still queued or running is not launched
     beside it (and its launch.json, which `status` and SLURM submissions read, is kept).
-    `{}` when no run records a SLURM job, or when SLURM cannot be asked from here (warned: the
-    per-run lock still keeps two trainers off one run)."""
+    `{}` when no run records a SLURM job yet; None on SLURM itself (its own query covers
+    them) and when SLURM cannot be asked from here (warned once: the per-run lock still keeps
+    two trainers off one run)."""
     if backend.name == "slurm":
-        return {}
+        return None
     dirs = [run_dir_of(sweep_dir, p.run_id) for p in sweep.points]
     if not any((read_launch(d) or {}).get("backend") == "slurm" for d in dirs):
         return {}
+    return _slurm_states(dirs)
+
+
+def _slurm_states(run_dirs: list[Path]) -> dict[str, str] | None:
     from dino_ablate.launch.slurm import recorded_job_states
 
     try:
-        return recorded_job_states(dirs)
+        return recorded_job_states(run_dirs)
     except RuntimeError as exc:
         log.warning("%s; the SLURM jobs recorded for this sweep's runs are not checked", exc)
-        return {}
+        return None
 
 
 def _skip_reason(run_dir: Path, point: Point, backend: Backend, states: Mapping[str, str],
-                 slurm_states: Mapping[str, str]) -> str | None:
+                 slurm_states: Mapping[str, str] | None) -> str | None:
     """Why this run must not be launched now (its lock is held by us), or None."""
     status = read_json(run_dir / STATUS_FILE) or {}
     trains_on = stopped_on_collapse(status) and not point.config.runtime.collapse_stop
@@ -137,9 +142,12 @@ def _skip_reason(run_dir: Path, point: Point, backend: Backend, states: Mapping[
             state = backend.job_states([str(job_id)]).get(str(job_id))
         if job_active(state):
             return f"job {job_id} is {state}"
-    elif launch.get("backend") == "slurm" and job_id and \
-            job_active(state := slurm_states.get(str(job_id))):
-        return f"SLURM job {job_id} is {state} (submission {launch.get('submission')})"
+    elif launch.get("backend") == "slurm" and job_id and slurm_states is not None:
+        state = slurm_states.get(str(job_id))
+        if state is None:  # recorded after our first query (a concurrent SLURM submitter)
+            state = (_slurm_states([run_dir]) or {}).get(str(job_id))
+        if job_active(state):
+            return f"SLURM job {job_id} is {state} (submission {launch.get('submission')})"
     return None
 
 

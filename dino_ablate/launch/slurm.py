@@ -36,9 +36,26 @@ from dino_ablate.sweep import Resources, Sweep
 
 log = logging.getLogger("dino_ablate.launch.slurm")
 
-#: how long a starting job waits for the run's lock (its submitter may still hold it);
-#: `DINO_ABLATE_JOB_LOCK_WAIT_S` in the submitter's environment (which sbatch passes on) sets it
-JOB_LOCK_WAIT_S = float(os.environ.get("DINO_ABLATE_JOB_LOCK_WAIT_S", "600"))
+#: how long a starting job waits for the run's lock (its submitter may still hold it), in s;
+#: `DINO_ABLATE_JOB_LOCK_WAIT_S` in the submitter's environment (which sbatch passes on) sets
+#: another wait (`job_lock_wait_s`)
+JOB_LOCK_WAIT_S = 600.0
+JOB_LOCK_WAIT_ENV = "DINO_ABLATE_JOB_LOCK_WAIT_S"
+
+
+def job_lock_wait_s() -> float:
+    """`JOB_LOCK_WAIT_S`, or the number of seconds `DINO_ABLATE_JOB_LOCK_WAIT_S` gives."""
+    raw = os.environ.get(JOB_LOCK_WAIT_ENV, "").strip()
+    if not raw:
+        return JOB_LOCK_WAIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise ConfigError(f"{JOB_LOCK_WAIT_ENV}: {raw!r} is not allowed; expected a number of "
+                          "seconds >= 0", key=JOB_LOCK_WAIT_ENV)
+    return value
 #: srun ends every task of a job once one exits with an error: a rank that fails (rank 0
 #: refused the run's lock, a crash) would leave the others waiting at the rendezvous or in a
 #: collective for the process group's 30-minute timeout, holding every node of the job
@@ -62,7 +79,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         lock = RunLock(run_dir)
         if rank == 0:
             env = submitit.JobEnvironment()
-            if not lock.acquire(f"train slurm job {env.job_id}", timeout_s=JOB_LOCK_WAIT_S):
+            if not lock.acquire(f"train slurm job {env.job_id}", timeout_s=job_lock_wait_s()):
                 holder = lock.holder()
                 raise RuntimeError(f"{run_dir} is locked by {holder}; not training it twice")
         try:
@@ -125,6 +142,7 @@ class SlurmBackend:
     name = "slurm"
 
     def check(self, sweep: Sweep) -> None:
+        job_lock_wait_s()  # a bad value is refused here, not in every job
         if shutil.which("sbatch") is None or shutil.which("srun") is None:
             raise ConfigError("--backend slurm: sbatch/srun not found on PATH; is this a SLURM "
                               "login node?")

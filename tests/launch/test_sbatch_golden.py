@@ -52,3 +52,32 @@ def test_tasks_follow_gpus_or_cpu_tasks() -> None:
     assert sbatch_parameters(Resources(gpus_per_node=4), "j", None)["ntasks_per_node"] == 4
     assert sbatch_parameters(Resources(tasks_per_node=2), "j", None)["ntasks_per_node"] == 2
     assert "gpus_per_node" not in sbatch_parameters(Resources(), "j", None)
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan"])
+def test_a_bad_job_lock_wait_is_one_line_and_exit_2_before_anything_is_submitted(
+        raw: str, tmp_path: Path) -> None:
+    """DINO_ABLATE_JOB_LOCK_WAIT_S is read where a job starts; a bad value is refused when the
+    submission is checked (it raised ValueError at import, in every job and in `status`)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DINO_ABLATE_JOB_LOCK_WAIT_S": raw}
+    proc = subprocess.run([sys.executable, "-m", "dino_ablate", "sweep",
+                           str(ROOT / "sweeps" / "local_smoke.yaml"), "--backend", "slurm",
+                           "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DINO_ABLATE_JOB_LOCK_WAIT_S" in lines[0] and repr(raw) in \
+        lines[0] and "expected a number of seconds >= 0" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_job_lock_wait_defaults_to_600_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dino_ablate.launch.slurm import job_lock_wait_s
+
+    monkeypatch.delenv("DINO_ABLATE_JOB_LOCK_WAIT_S", raising=False)
+    assert job_lock_wait_s() == 600.0
+    monkeypatch.setenv("DINO_ABLATE_JOB_LOCK_WAIT_S", "2.5")
+    assert job_lock_wait_s() == 2.5
