@@ -107,7 +107,7 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
 
     Returns the points of each distinct resource shape, for `print_placements`."""
     from dino_ablate.commands.status import slurm_states
-    from dino_ablate.contract import RUNS_SUBDIR
+    from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json, stopped_on_collapse
     from dino_ablate.launch.cost import estimate
     from dino_ablate.runs import run_dir_of, run_state
 
@@ -126,6 +126,9 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
         mem = check_point(point, str(plan.file))
         rd = run_dir_of(sweep_dir, point.run_id)
         state = run_state(rd, job_states).state if exists and rd.is_dir() else "pending"
+        if state == "done" and not point.config.runtime.collapse_stop and \
+                stopped_on_collapse(read_json(rd / STATUS_FILE) or {}):
+            state = "stopped early, trains on"  # its point no longer stops on a collapse
         cost = estimate(point.config, point.resources)
         totals[cost.device] = totals.get(cost.device, 0.0) + cost.device_hours
         shapes.setdefault(_fmt_resources(point), []).append(point)

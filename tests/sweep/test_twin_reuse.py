@@ -3,6 +3,7 @@ is copied, not trained again; anything else about the point is left to the backe
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,9 +13,10 @@ import yaml
 
 from dino_ablate import config as cfgmod
 from dino_ablate import runs
+from dino_ablate.commands.sweep import print_table
 from dino_ablate.launch.base import LaunchItem, LaunchOutcome, submit_sweep
 from dino_ablate.runs import resolve_sweep_dir, run_dir_of, run_state
-from dino_ablate.sweep import Sweep, load_sweep
+from dino_ablate.sweep import Sweep, load_sweep, plan_sweep
 
 BASE = {"epochs": 2, "data": {"dataset": "digits", "image_size": 16, "global_crop_size": 16,
                               "local_crop_size": 8, "num_local_crops": 0},
@@ -178,6 +180,10 @@ def test_a_run_stopped_on_a_collapse_is_launched_again_once_its_point_no_longer_
     _finish(run_dir_of(sweep_dir, run_id), epochs=1, planned=2)
     again = _stopping_sweep(tmp_path, stop)
     assert again.points[0].run_id == run_id
+    table = io.StringIO()  # the dry run says what the submission will do
+    print_table(plan_sweep(again.file, "local"), sweep_dir, table)
+    state = "done" if stop else "stopped early, trains on"
+    assert f"  {state}  " in table.getvalue().splitlines()[1], table.getvalue()
     backend = Recorder()
     result = submit_sweep(again, sweep_dir, backend)
     assert (run_id in backend.launched) is not stop
