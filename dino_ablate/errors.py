@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Callable, Sequence
 
 
 class ConfigError(ValueError):
@@ -43,3 +45,19 @@ def unknown_key(source: str | None, where: str, key: object,
     path = f"{where}.{key}" if where else str(key)
     return ConfigError(f"{path}: unknown key{hint} Valid keys here: {', '.join(valid)}",
                        source=source, key=path)
+
+
+def env_number(name: str, allowed: str, ok: Callable[[float], bool]) -> float | None:
+    """The number an environment variable holds (None when unset or blank); a value that is
+    not a number, or that `ok` refuses, is a ConfigError naming the variable, the value and
+    `allowed` (e.g. "a number of GiB > 0")."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or not ok(value):
+        raise ConfigError(f"{name}: {text!r} is not allowed; expected {allowed}", key=name)
+    return value

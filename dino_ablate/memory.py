@@ -27,12 +27,13 @@ refuse a run that fits):
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dino_ablate.config import RunConfig
-from dino_ablate.errors import ConfigError
+from dino_ablate.errors import ConfigError, env_number
 from dino_ablate.launch.cost import backbone_dims, head_weights, tokens_per_crop
 
 #: overrides the machine's memory as the limit (GiB per node), e.g. for a shared machine.
@@ -171,17 +172,8 @@ def machine_memory() -> int | None:
 
 def env_limit() -> int | None:
     """The limit set by DINO_ABLATE_MAX_MEMORY_GB (bytes), if any."""
-    text = os.environ.get(LIMIT_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ConfigError(f"{LIMIT_ENV}: {text!r} is not allowed; expected a number of GiB > 0",
-                          key=LIMIT_ENV)
-    return int(value * GIB)
+    value = env_number(LIMIT_ENV, "a number of GiB > 0", lambda v: 0 < v < math.inf)
+    return None if value is None else int(value * GIB)
 
 
 def check(need: int, limit: int, limit_what: str, est: MemoryEstimate, ranks: int,

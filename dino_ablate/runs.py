@@ -20,6 +20,7 @@ import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -51,6 +52,8 @@ from dino_ablate.contract import (
 from dino_ablate.errors import ConfigError
 from dino_ablate.identity import first_difference
 from dino_ablate.sweep import RUN_ID_RE, Point, Sweep, SweepPlan
+
+log = logging.getLogger("dino_ablate.runs")
 
 #: every state `status` can show: pending and queued are the launcher's view, running, done,
 #: diverged and failed are the trainer's (status.json)
@@ -322,6 +325,21 @@ SLURM_RUNNING = {"RUNNING", "COMPLETING"}
 
 def job_active(job_state: str | None) -> bool:
     return job_state is not None and (job_state in SLURM_QUEUED or job_state in SLURM_RUNNING)
+
+
+def slurm_job_states(run_dirs: list[Path]) -> dict[str, str] | None:
+    """The SLURM states of the jobs the run directories' launch.json record: `{}` when none
+    records a SLURM job (SLURM is not asked, submitit not imported); None when SLURM cannot be
+    asked from here (warned), and the run directories' own records must do."""
+    if not any((read_launch(d) or {}).get("backend") == "slurm" for d in run_dirs):
+        return {}
+    from dino_ablate.launch.slurm import recorded_job_states
+
+    try:
+        return recorded_job_states(run_dirs)
+    except RuntimeError as exc:
+        log.warning("%s; SLURM job states unknown", exc)
+        return None
 
 
 def _job_end(job_id: Any, job_state: str) -> str:

@@ -26,7 +26,7 @@ from dino_ablate.contract import (
     STATUS_FILE,
     STOPPED_ON_COLLAPSE,
     SUMMARY_FILE,
-    stopped_on_collapse,
+    trains_on,
 )
 from dino_ablate.data import TrainData, load_data
 from dino_ablate.epoch import Loop, epoch_record, run_steps
@@ -137,7 +137,7 @@ def train(cfg: RunConfig, run_dir: Path) -> str:
     rd = check_run_dir(cfg, run_dir)
     status = rd.status()
     if status and status.get("state") in ("done", "diverged"):
-        if not (stopped_on_collapse(status) and not cfg.runtime.collapse_stop):
+        if not trains_on(status, cfg.runtime.collapse_stop):
             log.info("%s is already %s; nothing to do", run_dir, status["state"])
             return str(status["state"])
         _train_on_after_collapse_stop(rd, cfg, status, info.rank == 0)

@@ -26,13 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     from dino_ablate.contract import RUNS_SUBDIR
-    from dino_ablate.runs import run_dir_of, run_state
+    from dino_ablate.runs import run_dir_of, run_state, slurm_job_states
 
     run_ids = _sweep_run_ids(sweep_dir)
     runs_root = sweep_dir / RUNS_SUBDIR
     extra = sorted(p.name for p in runs_root.iterdir() if p.is_dir() and p.name not in run_ids) \
         if runs_root.is_dir() else []
-    job_states = slurm_states([run_dir_of(sweep_dir, r) for r in run_ids + extra])
+    job_states = slurm_job_states([run_dir_of(sweep_dir, r) for r in run_ids + extra]) or {}
     rows = []
     for run_id in run_ids + extra:
         st = run_state(run_dir_of(sweep_dir, run_id), job_states)
@@ -41,22 +41,6 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                      "in_sweep": run_id in run_ids,
                      "latest": {k: st.latest.get(k) for k in METRIC_COLUMNS}})
     return rows
-
-
-def slurm_states(run_dirs: list[Path]) -> dict[str, str]:
-    """The SLURM states of the jobs the run directories record; `{}` with a warning on stderr
-    when SLURM cannot be asked (the run directories' own records are shown then)."""
-    from dino_ablate.runs import read_launch
-
-    if not any((read_launch(d) or {}).get("backend") == "slurm" for d in run_dirs if d.is_dir()):
-        return {}  # no SLURM job recorded: nothing to ask (and no submitit import)
-    from dino_ablate.launch.slurm import recorded_job_states
-
-    try:
-        return recorded_job_states(run_dirs)
-    except RuntimeError as exc:  # no SLURM here
-        print(f"warning: {exc}; SLURM job states unknown", file=sys.stderr)
-        return {}
 
 
 def _sweep_run_ids(sweep_dir: Path) -> list[str]:

@@ -106,15 +106,15 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
     its rows and progress at once instead of expanding silently first).
 
     Returns the points of each distinct resource shape, for `print_placements`."""
-    from dino_ablate.commands.status import slurm_states
-    from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json, stopped_on_collapse
+    from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json, trains_on
     from dino_ablate.launch.cost import estimate
-    from dino_ablate.runs import run_dir_of, run_state
+    from dino_ablate.runs import run_dir_of, run_state, slurm_job_states
 
     exists = sweep_dir.is_dir()
     runs_root = sweep_dir / RUNS_SUBDIR
     # the jobs recorded so far, asked once (a requeued job's run reads running, not failed)
-    job_states = slurm_states(sorted(runs_root.iterdir())) if runs_root.is_dir() else {}
+    job_states = (slurm_job_states(sorted(runs_root.iterdir())) or {}) \
+        if runs_root.is_dir() else {}
     head: list[tuple[str, ...]] = [("run id", "varied", "resources", "state", "estimate",
                                     "memory")]
     widths: list[int] = []
@@ -126,8 +126,8 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
         mem = check_point(point, str(plan.file))
         rd = run_dir_of(sweep_dir, point.run_id)
         state = run_state(rd, job_states).state if exists and rd.is_dir() else "pending"
-        if state == "done" and not point.config.runtime.collapse_stop and \
-                stopped_on_collapse(read_json(rd / STATUS_FILE) or {}):
+        if state == "done" and trains_on(read_json(rd / STATUS_FILE) or {},
+                                         point.config.runtime.collapse_stop):
             state = "stopped early, trains on"  # its point no longer stops on a collapse
         cost = estimate(point.config, point.resources)
         totals[cost.device] = totals.get(cost.device, 0.0) + cost.device_hours

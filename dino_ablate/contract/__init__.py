@@ -22,7 +22,7 @@ __all__ = [
     "LAUNCH_FILE", "LAUNCH_STATES", "LINEAR_DIR", "METRICS", "METRICS_FILE", "RUNS_SUBDIR",
     "RUN_FILE", "STATUS_FILE", "STOPPED_ON_COLLAPSE", "SUMMARY_FILE", "SWEEP_FILE",
     "TRAINER_STATES", "CollapseResult", "LaunchState", "Metric", "MetricsParse", "TrainerState",
-    "clean", "detect", "parse_metrics", "read_json", "read_metrics", "stopped_on_collapse",
+    "clean", "detect", "parse_metrics", "read_json", "read_metrics", "trains_on",
     "write_atomic", "write_json",
 ]
 
@@ -59,10 +59,12 @@ LAUNCH_STATES: Final[tuple[LaunchState, ...]] = get_args(LaunchState)
 STOPPED_ON_COLLAPSE: Final = "stopped early: collapse detected"
 
 
-def stopped_on_collapse(status: Mapping[str, Any]) -> bool:
-    """Whether status.json says `done` before the planned epochs, on a detected collapse: a run
-    that trains on when `runtime.collapse_stop` is off (it is outside the run's identity)."""
-    return (status.get("state") == "done" and status.get("reason") == STOPPED_ON_COLLAPSE
+def trains_on(status: Mapping[str, Any], collapse_stop: bool) -> bool:
+    """Whether a run whose status.json is `status` trains on although it is `done`: it stopped
+    before its planned epochs on a detected collapse, and `runtime.collapse_stop` (outside the
+    run's identity) is off now."""
+    return (not collapse_stop and status.get("state") == "done"
+            and status.get("reason") == STOPPED_ON_COLLAPSE
             and status.get("epoch") != status.get("epochs"))
 
 

@@ -18,7 +18,6 @@ to launch is here, the same for SLURM and Ray:
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json, stopped_on_collapse
+from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json, trains_on
 from dino_ablate.runs import (
     FINAL,
     RunLock,
@@ -43,12 +42,11 @@ from dino_ablate.runs import (
     prepare_run_dir,
     read_launch,
     run_dir_of,
+    slurm_job_states,
     write_launch,
     write_sweep_json,
 )
 from dino_ablate.sweep import Point, Sweep
-
-log = logging.getLogger("dino_ablate.launch")
 
 #: how long a submission waits, in all, for locks held by other *submitters*.
 SUBMIT_LOCK_WAIT_S = 60.0
@@ -111,28 +109,14 @@ def _slurm_states_for_other_backend(sweep: Sweep, sweep_dir: Path, backend: Back
     two trainers off one run)."""
     if backend.name == "slurm":
         return None
-    dirs = [run_dir_of(sweep_dir, p.run_id) for p in sweep.points]
-    if not any((read_launch(d) or {}).get("backend") == "slurm" for d in dirs):
-        return {}
-    return _slurm_states(dirs)
-
-
-def _slurm_states(run_dirs: list[Path]) -> dict[str, str] | None:
-    from dino_ablate.launch.slurm import recorded_job_states
-
-    try:
-        return recorded_job_states(run_dirs)
-    except RuntimeError as exc:
-        log.warning("%s; the SLURM jobs recorded for this sweep's runs are not checked", exc)
-        return None
+    return slurm_job_states([run_dir_of(sweep_dir, p.run_id) for p in sweep.points])
 
 
 def _skip_reason(run_dir: Path, point: Point, backend: Backend, states: Mapping[str, str],
                  slurm_states: Mapping[str, str] | None) -> str | None:
     """Why this run must not be launched now (its lock is held by us), or None."""
     status = read_json(run_dir / STATUS_FILE) or {}
-    trains_on = stopped_on_collapse(status) and not point.config.runtime.collapse_stop
-    if status.get("state") in FINAL and not trains_on:
+    if status.get("state") in FINAL and not trains_on(status, point.config.runtime.collapse_stop):
         return f"{status['state']} (epoch {status.get('epoch')}/{status.get('epochs')})"
     launch = read_launch(run_dir) or {}
     job_id = launch.get("job_id")
@@ -145,7 +129,7 @@ def _skip_reason(run_dir: Path, point: Point, backend: Backend, states: Mapping[
     elif launch.get("backend") == "slurm" and job_id and slurm_states is not None:
         state = slurm_states.get(str(job_id))
         if state is None:  # recorded after our first query (a concurrent SLURM submitter)
-            state = (_slurm_states([run_dir]) or {}).get(str(job_id))
+            state = (slurm_job_states([run_dir]) or {}).get(str(job_id))
         if job_active(state):
             return f"SLURM job {job_id} is {state} (submission {launch.get('submission')})"
     return None

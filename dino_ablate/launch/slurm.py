@@ -19,7 +19,6 @@ No shell sees the parameters: submitit writes them as quoted `#SBATCH` lines and
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from typing import Any
 
 import submitit
 
-from dino_ablate.errors import ConfigError
+from dino_ablate.errors import ConfigError, env_number
 from dino_ablate.launch.base import LaunchItem, LaunchOutcome, record_launch
 from dino_ablate.runs import RunLock
 from dino_ablate.sweep import Resources, Sweep
@@ -45,17 +44,8 @@ JOB_LOCK_WAIT_ENV = "DINO_ABLATE_JOB_LOCK_WAIT_S"
 
 def job_lock_wait_s() -> float:
     """`JOB_LOCK_WAIT_S`, or the number of seconds `DINO_ABLATE_JOB_LOCK_WAIT_S` gives."""
-    raw = os.environ.get(JOB_LOCK_WAIT_ENV, "").strip()
-    if not raw:
-        return JOB_LOCK_WAIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # also NaN
-        raise ConfigError(f"{JOB_LOCK_WAIT_ENV}: {raw!r} is not allowed; expected a number of "
-                          "seconds >= 0", key=JOB_LOCK_WAIT_ENV)
-    return value
+    value = env_number(JOB_LOCK_WAIT_ENV, "a number of seconds >= 0", lambda v: v >= 0)
+    return JOB_LOCK_WAIT_S if value is None else value
 #: srun ends every task of a job once one exits with an error: a rank that fails (rank 0
 #: refused the run's lock, a crash) would leave the others waiting at the rendezvous or in a
 #: collective for the process group's 30-minute timeout, holding every node of the job
