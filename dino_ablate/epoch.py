@@ -73,6 +73,7 @@ def run_steps(loop: Loop, epoch: int) -> EpochSums:
     for i in range(steps_per_epoch):
         step = epoch * steps_per_epoch + i
         faults.maybe_kill("kill_step", step, loop.run_dir)
+        faults.maybe_raise("raise_step", step, loop.run_dir)
         crops = loop.data.batch(step, steps_per_epoch, cfg.optim.batch_size, cfg.seed,
                                 loop.info.rank, loop.info.world_size)
         if loop.nan_step == step:

@@ -3,6 +3,7 @@
 Never set in normal use. `DINO_ABLATE_FAULT` holds `kind:value` items separated by commas:
 - `nan_step:K`       the batch of step K is replaced by NaNs (a non-finite loss at step K);
 - `kill_step:K`      SIGKILL this process just before step K;
+- `raise_step:K`     raise RuntimeError just before step K (an unexpected error in the trainer);
 - `kill_eval:E`      SIGKILL during the kNN evaluation of epoch E;
 - `kill_checkpoint:E` SIGKILL half-way through writing the checkpoint of epoch E;
 - `kill_linear:E`    SIGKILL after the first training step of paper linear-probe epoch E;
@@ -15,6 +16,8 @@ Each kill or write fault fires once per run directory (a marker file), so the re
 on.
 An item may end in `@FRAGMENT`: it then applies only to run directories whose name contains
 FRAGMENT (one point of a sweep: `nan_step:5@seed-1`).
+`DINO_ABLATE_FAULT_RANK=R` limits every fault to the process of rank R of a multi-rank run
+(`dist.detect`'s rank, from the launch environment; 0 for a single process).
 """
 
 from __future__ import annotations
@@ -25,14 +28,24 @@ import signal
 from pathlib import Path
 
 ENV = "DINO_ABLATE_FAULT"
+RANK_ENV = "DINO_ABLATE_FAULT_RANK"
 
 #: write faults: the prefix of the fault kind -> the errno the failed write raises.
 WRITE_FAULTS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS}
 
 
+def _this_rank() -> int:
+    from dino_ablate import dist
+
+    return dist.detect().rank
+
+
 def _items(run_dir: Path) -> dict[str, int]:
     spec = os.environ.get(ENV, "").strip()
     out: dict[str, int] = {}
+    only_rank = os.environ.get(RANK_ENV, "").strip()
+    if only_rank and int(only_rank) != _this_rank():
+        return out
     for item in filter(None, (s.strip() for s in spec.split(","))):
         item, _, scope = item.partition("@")
         if scope and scope not in run_dir.name:
@@ -50,6 +63,12 @@ def maybe_kill(kind: str, value: int, run_dir: Path) -> None:
     """SIGKILL ourselves if `kind:value` is requested and has not fired for this run yet."""
     if _fire_once(kind, value, run_dir):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_raise(kind: str, value: int, run_dir: Path) -> None:
+    """Raise RuntimeError if `kind:value` is requested and has not fired for this run yet."""
+    if _fire_once(kind, value, run_dir):
+        raise RuntimeError(f"injected fault {kind}:{value} (rank {_this_rank()})")
 
 
 def _fire_once(kind: str, value: int, run_dir: Path) -> bool:

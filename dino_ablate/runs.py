@@ -45,6 +45,7 @@ from dino_ablate.contract import (
     STATUS_FILE,
     SUMMARY_FILE,
     SWEEP_FILE,
+    rank_failures,
     read_json,
     write_atomic,
     write_json,
@@ -371,6 +372,12 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
         state = "running" if trained == "running" else "queued"
     elif trained == "failed":
         state = "failed"
+    elif failed_ranks := rank_failures.fresh_rank_failures(run_dir, run_dir / STATUS_FILE):
+        # another rank failed and its launcher ended rank 0 before it could record why
+        state = "failed"
+        where = f"at epoch {status.get('epoch')}" if trained == "running" else "at start"
+        reason = (f"interrupted {where}: {rank_failures.describe(failed_ranks[0])}; "
+                  "resubmit to resume")
     elif trained == "running":
         # the trainer said running but nobody is executing it any more
         state = "failed"

@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from dino_ablate.contract import (
     STATUS_FILE,
     STOPPED_ON_COLLAPSE,
     SUMMARY_FILE,
+    rank_failures,
     trains_on,
 )
 from dino_ablate.data import TrainData, load_data
@@ -475,18 +477,36 @@ def run_guarded(cfg: RunConfig, run_dir: Path) -> str:
     A failed write (`is_write_fault`: a full disk, a read-only run directory) is one of them:
     the checkpoints and metrics.jsonl still hold the last good epoch, and the same command
     resumes from it once the directory can be written again.
+
+    Another rank of a multi-rank run records its own failure, a bad input (ConfigError) too,
+    in `failed_ranks/` (`contract.rank_failures`): its launcher ends rank 0 before rank 0 can
+    say why, and the run's state then names that rank, its host and its error. The rank is
+    the launch environment's, so a rank that fails before joining the process group counts.
     """
+    rank = dist.detect().rank
     try:
         return train(cfg, run_dir)
-    except ConfigError:
-        raise
     except BaseException as exc:
-        if dist.rank() == 0 and (run_dir / CONFIG_FILE).exists() \
+        if (run_dir / CONFIG_FILE).exists() \
                 and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            _record_failure(cfg, run_dir, exc)
+            if rank != 0:
+                _record_rank_failure(run_dir, rank, exc)
+            elif not isinstance(exc, ConfigError):
+                _record_failure(cfg, run_dir, exc)
         raise
     finally:
         dist.shutdown()
+
+
+def _record_rank_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
+    status = RunDir(run_dir).status() or {}
+    epoch = status.get("epoch")
+    path = rank_failures.write_rank_failure(
+        run_dir, rank, dist.host_label(), f"{type(exc).__name__}: {exc}",
+        "".join(traceback.format_exception(exc)), epoch if isinstance(epoch, int) else None)
+    if path is not None:
+        log.error("rank %d failed (recorded in %s): %s: %s", rank, path, type(exc).__name__,
+                  exc)
 
 
 #: errno values of a write that failed because of the storage, not of the program.
@@ -505,6 +525,10 @@ def _record_failure(cfg: RunConfig, run_dir: Path, exc: BaseException) -> None:
     status = rd.status() or {}
     epoch = int(status.get("epoch", 0))
     reason = f"{type(exc).__name__}: {exc}"
+    # Another rank failed first (rank 0's error is then often only the lost connection to it)
+    first = rank_failures.fresh_rank_failures(run_dir, rd.path / STATUS_FILE)
+    if first:
+        reason = f"{rank_failures.describe(first[0])}; rank 0: {reason}"
     if is_write_fault(exc):
         reason += (" (a write into the run directory failed; its last good checkpoint and "
                    "metrics are kept: free space or make it writable, then run the same command "

@@ -177,3 +177,35 @@ def test_a_run_stopped_on_a_collapse_trains_on_once_the_stop_is_off(tmp_path: Pa
     never_stopped = tmp_path / "never"
     run_train(never_stopped, *COLLAPSING)
     assert _semantic(_metrics(out)) == _semantic(_metrics(never_stopped))
+
+
+@pytest.mark.slow
+def test_a_rank_other_than_0_that_fails_says_why_in_the_runs_state(tmp_path: Path) -> None:
+    """Two ranks under torchrun; rank 1 raises at step 25 (epoch 3 of 4, 10 steps per epoch).
+    torchrun then ends rank 0, which could not say why: the run read "interrupted ... no live
+    process". Now rank 1's record in failed_ranks/ gives the state its rank, host and error.
+    Resumed, the run finishes, and the record is kept but no longer read (it is older than the
+    status.json of the new attempt)."""
+    from dino_ablate.runs import run_state
+
+    out = tmp_path / "run"
+    extra = ("model.drop_path_rate=0.0", "epochs=4")
+    res = run_train(out, *extra, nproc=2, port=free_port("127.0.0.1"), check=False,
+                    env={"DINO_ABLATE_FAULT": "raise_step:25", "DINO_ABLATE_FAULT_RANK": "1"})
+    assert res.returncode != 0
+    records = list((out / "failed_ranks").glob("rank1-*.json"))
+    assert len(records) == 1, list(out.iterdir())
+    record = json.loads(records[0].read_text())
+    assert record["rank"] == 1 and record["epoch"] == 2
+    assert record["reason"] == "RuntimeError: injected fault raise_step:25 (rank 1)"
+    assert "maybe_raise" in record["traceback"]
+    assert not list((out / "failed_ranks").glob("rank0-*"))
+    state = run_state(out)
+    assert state.state == "failed", state
+    assert "rank 1 on " in state.reason and "injected fault raise_step:25" in state.reason, state
+    assert f"failed_ranks/{records[0].name}" in state.reason
+
+    run_train(out, *extra, nproc=2, port=free_port("127.0.0.1"))
+    state = run_state(out)
+    assert state.state == "done" and state.reason is None, state
+    assert [p.name for p in (out / "failed_ranks").iterdir()] == [records[0].name]

@@ -16,9 +16,11 @@ from typing import Any, Final, Literal, get_args
 from dino_ablate.contract.collapse import CollapseResult, detect
 from dino_ablate.contract.files import clean, read_json, write_atomic, write_json
 from dino_ablate.contract.metrics_file import MetricsParse, parse_metrics, read_metrics
+from dino_ablate.contract.rank_failures import FAILED_RANKS_DIR
 
 __all__ = [
-    "ATTENTION_DIR", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_DIR", "FILES", "INIT_FILE",
+    "ATTENTION_DIR", "CHECKPOINTS_DIR", "CONFIG_FILE", "EVAL_DIR", "FAILED_RANKS_DIR", "FILES",
+    "INIT_FILE",
     "LAUNCH_FILE", "LAUNCH_STATES", "LINEAR_DIR", "METRICS", "METRICS_FILE", "RUNS_SUBDIR",
     "RUN_FILE", "STATUS_FILE", "STOPPED_ON_COLLAPSE", "SUMMARY_FILE", "SWEEP_FILE",
     "TRAINER_STATES", "CollapseResult", "LaunchState", "Metric", "MetricsParse", "TrainerState",
@@ -39,7 +41,7 @@ ATTENTION_DIR: Final = "attention"
 EVAL_DIR: Final = "eval"
 #: every entry of a run directory the contract defines, in the doc's order
 FILES: Final = (CONFIG_FILE, RUN_FILE, INIT_FILE, METRICS_FILE, STATUS_FILE, SUMMARY_FILE,
-                CHECKPOINTS_DIR, LINEAR_DIR, ATTENTION_DIR, EVAL_DIR)
+                CHECKPOINTS_DIR, LINEAR_DIR, ATTENTION_DIR, EVAL_DIR, FAILED_RANKS_DIR)
 
 #: the launcher's own record of a submission (backend, job id); not read by analysis
 LAUNCH_FILE: Final = "launch.json"

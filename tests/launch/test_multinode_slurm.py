@@ -144,3 +144,27 @@ def test_a_job_whose_rank_0_is_refused_the_lock_ends_on_both_nodes(
     assert "not training it twice" in logs[f"{row['job_id']}_0_log.err"], logs
     assert f"{row['job_id']}_1_log.err" in logs, sorted(logs)  # rank 1 had started too
     assert not (sweep_dir / "runs" / run_id / "metrics.jsonl").exists()
+
+
+def test_a_job_whose_rank_1_fails_says_which_rank_failed_and_why(
+        on_two_nodes: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 1, on mnode2, raises at step 25 (epoch 3 of 4). srun ends rank 0 on mnode1, which
+    could not record why: the run read "interrupted at epoch 2: job … ended (FAILED)" and the
+    cause was only in rank 1's log. Rank 1's record in failed_ranks/ now names it in status."""
+    monkeypatch.setenv("DINO_ABLATE_FAULT", "raise_step:25")
+    monkeypatch.setenv("DINO_ABLATE_FAULT_RANK", "1")
+    file = tiny_sweep(tmp_path / "mn_rank1.yaml", "mn_rank1", 4, nodes=2)
+    out = tmp_path / "out"
+    cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+    sweep_dir = out / "mn_rank1" / "local"
+    rows = wait_for(sweep_dir, lambda rows: all_final(rows) and all(r["job_state"] not in (
+        None, "PENDING", "CONFIGURING", "RUNNING", "COMPLETING") for r in rows.values()), 300,
+        "the job to end once rank 1 failed")
+    (run_id, row), = rows.items()
+    assert row["state"] == "failed" and row["job_state"] == "FAILED", row
+    assert "rank 1 on mnode2 (slurm node mnode2) failed: RuntimeError: injected fault " \
+        "raise_step:25 (rank 1) (failed_ranks/rank1-" in row["reason"], row
+    run_dir = sweep_dir / "runs" / run_id
+    record, = (run_dir / "failed_ranks").glob("rank1-*.json")
+    assert "maybe_raise" in json.loads(record.read_text())["traceback"]
+    assert metrics_epochs(run_dir) == [1, 2]

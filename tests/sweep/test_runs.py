@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dino_ablate.contract.rank_failures import write_rank_failure
 from dino_ablate.errors import ConfigError
 from dino_ablate.runs import RunLock, prepare_run_dir, read_metrics, run_dir_of, run_state
 from dino_ablate.sweep import load_sweep, semantic_hash
@@ -105,6 +107,31 @@ def test_a_ray_trial_that_ended_before_the_trainer_wrote_its_status_is_failed(
     assert st.state == "failed", st
     assert "Ray trial (submission s1) ended before the trainer wrote status.json" in \
         (st.reason or "") and "ray/logs/r.log" in (st.reason or "")
+
+
+def test_a_failure_another_rank_recorded_after_status_json_names_that_rank(
+        tmp_path: Path) -> None:
+    """Rank 0 was ended by its launcher before it could record why; rank 1's record says.
+    A record older than status.json belongs to an attempt a resume has written over."""
+    rd = tmp_path / "r"
+    (rd / "failed_ranks").mkdir(parents=True)
+    status = rd / "status.json"
+    status.write_text(json.dumps({"state": "running", "epoch": 2, "epochs": 5}))
+    os.utime(status, ns=(1_000_000_000, 1_000_000_000))
+    record = write_rank_failure(rd, 1, "node2 (slurm node node2)", "OSError: disk gone", "tb",
+                                2)
+    assert record is not None and record.parent == rd / "failed_ranks"
+    assert record.name.startswith("rank1-")
+    st = run_state(rd)
+    assert st.state == "failed", st
+    assert st.reason == ("interrupted at epoch 2: rank 1 on node2 (slurm node node2) failed: "
+                         f"OSError: disk gone (failed_ranks/{record.name}); resubmit to resume")
+    (rd / "launch.json").write_text(json.dumps({"backend": "slurm", "job_id": "7_1"}))
+    assert run_state(rd, {"7_1": "RUNNING"}).state == "running"  # srun is ending the others
+    status.write_text(json.dumps({"state": "running", "epoch": 3, "epochs": 5}))  # a resume
+    st = run_state(rd)
+    assert st.state == "failed" and "rank 1" not in (st.reason or ""), st
+    assert "no live process" in (st.reason or "")
 
 
 def test_truncated_metrics_line_is_skipped(tmp_path: Path) -> None:
