@@ -528,7 +528,8 @@ def _record_failure(cfg: RunConfig, run_dir: Path, exc: BaseException) -> None:
     # Another rank failed first (rank 0's error is then often only the lost connection to it)
     first = rank_failures.fresh_rank_failures(run_dir, rd.path / STATUS_FILE)
     if first:
-        reason = f"{rank_failures.describe(first[0])}; rank 0: {reason}"
+        own = reason if len(reason) <= 160 else reason[:159] + "…"  # gloo's is ~300 chars
+        reason = f"{rank_failures.describe(first[0])}; rank 0 then: {own}"
     if is_write_fault(exc):
         reason += (" (a write into the run directory failed; its last good checkpoint and "
                    "metrics are kept: free space or make it writable, then run the same command "
