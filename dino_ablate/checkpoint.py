@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
 
-from dino_ablate.errors import ConfigError
+from dino_ablate.errors import AnotherRun
 from dino_ablate.identity import first_difference
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def latest_usable(folder: Path, config: dict[str, Any]
             continue
         diff = first_difference(state["config"], config)
         if diff is not None:
-            raise ConfigError(f"{path} was written by a different run ({diff}); refusing to "
+            raise AnotherRun(f"{path} was written by a different run ({diff}); refusing to "
                               "overwrite it: choose another --out", key=diff.split(":", 1)[0])
         return state, unusable
     return None, unusable

@@ -23,6 +23,11 @@ class ConfigError(ValueError):
         super().__init__(one_line(prefix + message))
 
 
+class AnotherRun(ConfigError):
+    """The run directory (its config.yaml or a checkpoint) holds a different run: refused
+    before anything is written. The directory is not this process's to record a failure in."""
+
+
 #: an error names the bad value, which may be a huge list from a file; the CLI prints one line
 MAX_MESSAGE_CHARS = 2000
 

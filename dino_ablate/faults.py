@@ -27,6 +27,8 @@ import os
 import signal
 from pathlib import Path
 
+from dino_ablate.errors import env_number
+
 ENV = "DINO_ABLATE_FAULT"
 RANK_ENV = "DINO_ABLATE_FAULT_RANK"
 
@@ -43,8 +45,8 @@ def _this_rank() -> int:
 def _items(run_dir: Path) -> dict[str, int]:
     spec = os.environ.get(ENV, "").strip()
     out: dict[str, int] = {}
-    only_rank = os.environ.get(RANK_ENV, "").strip()
-    if only_rank and int(only_rank) != _this_rank():
+    only_rank = env_number(RANK_ENV, "a rank (an integer >= 0)", lambda v: v >= 0 and v == int(v))
+    if only_rank is not None and int(only_rank) != _this_rank():
         return out
     for item in filter(None, (s.strip() for s in spec.split(","))):
         item, _, scope = item.partition("@")

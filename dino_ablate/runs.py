@@ -246,8 +246,9 @@ def find_finished_twin(sweep_dir: Path, sweep: Sweep, point: Point) -> Path | No
     return None
 
 
-#: launcher files of the twin that describe the twin's sweep, not the run's results
-_NOT_ADOPTED = (".lock", RUN_FILE, LAUNCH_FILE, STATUS_FILE)
+#: launcher files of the twin that describe the twin's sweep, not the run's results (and the
+#: twin's rank failures: its attempts', not this run's)
+_NOT_ADOPTED = (".lock", RUN_FILE, LAUNCH_FILE, STATUS_FILE, contract.FAILED_RANKS_DIR)
 #: where a twin's files are copied before they are renamed into place; while it exists the
 #: adoption is unfinished (`adoption_unfinished`) and the next submission adopts again
 ADOPTING = ".adopting"
@@ -372,11 +373,14 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
         state = "running" if trained == "running" else "queued"
     elif trained == "failed":
         state = "failed"
-    elif failed_ranks := rank_failures.fresh_rank_failures(run_dir, run_dir / STATUS_FILE):
+    elif failed_ranks := rank_failures.fresh_rank_failures(
+            run_dir, run_dir / STATUS_FILE,
+            slurm_job=str(job_id) if launch.get("backend") == "slurm" and job_id else None):
         # another rank failed and its launcher ended rank 0 before it could record why
         state = "failed"
         where = f"at epoch {status.get('epoch')}" if trained == "running" else "at start"
-        reason = (f"interrupted {where}: {rank_failures.describe(failed_ranks[0])}; "
+        ended = f"; {_job_end(job_id, job_state)}" if job_id and job_state else ""
+        reason = (f"interrupted {where}: {rank_failures.describe(failed_ranks[0])}{ended}; "
                   "resubmit to resume")
     elif trained == "running":
         # the trainer said running but nobody is executing it any more

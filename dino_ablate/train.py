@@ -32,6 +32,7 @@ from dino_ablate.contract import (
 )
 from dino_ablate.data import TrainData, load_data
 from dino_ablate.epoch import Loop, epoch_record, run_steps
+from dino_ablate.errors import AnotherRun
 from dino_ablate.evaluate import Evaluator
 from dino_ablate.identity import first_difference
 from dino_ablate.model import (
@@ -80,11 +81,11 @@ def check_run_dir(cfg: RunConfig, run_dir: Path) -> RunDir:
         try:
             old = from_dict(existing, source=str(run_dir / CONFIG_FILE))
         except ConfigError as exc:
-            raise ConfigError(f"{run_dir} holds an unreadable config ({exc}); refusing to "
+            raise AnotherRun(f"{run_dir} holds an unreadable config ({exc}); refusing to "
                               "overwrite it: choose another --out") from exc
         diff = first_difference(to_dict(old), to_dict(cfg))
         if diff is not None:
-            raise ConfigError(f"{run_dir} already holds a run with a different config "
+            raise AnotherRun(f"{run_dir} already holds a run with a different config "
                               f"({diff}); refusing to overwrite it: choose another --out",
                               key=diff.split(":", 1)[0])
     return rd
@@ -487,18 +488,23 @@ def run_guarded(cfg: RunConfig, run_dir: Path) -> str:
     try:
         return train(cfg, run_dir)
     except BaseException as exc:
-        if (run_dir / CONFIG_FILE).exists() \
-                and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            if rank != 0:
-                _record_rank_failure(run_dir, rank, exc)
-            elif not isinstance(exc, ConfigError):
-                _record_failure(cfg, run_dir, exc)
+        if rank != 0:
+            record_rank_failure(run_dir, rank, exc)
+        elif (run_dir / CONFIG_FILE).exists() and not isinstance(
+                exc, (KeyboardInterrupt, SystemExit, ConfigError)):
+            _record_failure(cfg, run_dir, exc)
         raise
     finally:
         dist.shutdown()
 
 
-def _record_rank_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
+def record_rank_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
+    """A rank other than 0 failed: `failed_ranks/` says why (`contract.rank_failures`). Not
+    for an interrupt, nor in a directory that holds another run (`AnotherRun`) or no run yet
+    (no config.yaml)."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, AnotherRun)) \
+            or not (run_dir / CONFIG_FILE).exists():
+        return
     status = RunDir(run_dir).status() or {}
     epoch = status.get("epoch")
     path = rank_failures.write_rank_failure(
@@ -526,7 +532,9 @@ def _record_failure(cfg: RunConfig, run_dir: Path, exc: BaseException) -> None:
     epoch = int(status.get("epoch", 0))
     reason = f"{type(exc).__name__}: {exc}"
     # Another rank failed first (rank 0's error is then often only the lost connection to it)
-    first = rank_failures.fresh_rank_failures(run_dir, rd.path / STATUS_FILE)
+    first = rank_failures.fresh_rank_failures(
+        run_dir, rd.path / STATUS_FILE, attempt=rank_failures.attempt_id()) \
+        if dist.detect().world_size > 1 else []
     if first:
         own = reason if len(reason) <= 160 else reason[:159] + "…"  # gloo's is ~300 chars
         reason = f"{rank_failures.describe(first[0])}; rank 0 then: {own}"

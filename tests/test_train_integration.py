@@ -182,10 +182,12 @@ def test_a_run_stopped_on_a_collapse_trains_on_once_the_stop_is_off(tmp_path: Pa
 @pytest.mark.slow
 def test_a_rank_other_than_0_that_fails_says_why_in_the_runs_state(tmp_path: Path) -> None:
     """Two ranks under torchrun; rank 1 raises at step 25 (epoch 3 of 4, 10 steps per epoch).
-    torchrun then ends rank 0, which could not say why: the run read "interrupted ... no live
-    process". Now rank 1's record in failed_ranks/ gives the state its rank, host and error.
-    Resumed, the run finishes, and the record is kept but no longer read (it is older than the
-    status.json of the new attempt)."""
+    Rank 0 then either records only its lost connection to rank 1 (gloo's "Connection closed
+    by peer": what the run said) or is ended by torchrun first (the run read "interrupted ...
+    no live process"). Now rank 1's record in failed_ranks/ gives the state its rank, host and
+    error either way (tests/sweep/test_runs.py covers the second path alone). Resumed, the run
+    finishes, and the record is kept but no longer read (it is older than the status.json of
+    the new attempt)."""
     from dino_ablate.runs import run_state
 
     out = tmp_path / "run"
@@ -199,7 +201,6 @@ def test_a_rank_other_than_0_that_fails_says_why_in_the_runs_state(tmp_path: Pat
     assert record["rank"] == 1 and record["epoch"] == 2
     assert record["reason"] == "RuntimeError: injected fault raise_step:25 (rank 1)"
     assert "maybe_raise" in record["traceback"]
-    assert not list((out / "failed_ranks").glob("rank0-*"))
     state = run_state(out)
     assert state.state == "failed", state
     assert "rank 1 on " in state.reason and "injected fault raise_step:25" in state.reason, state

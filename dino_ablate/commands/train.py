@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dino_ablate.config import load_config, resolve_config_path
+from dino_ablate.config import ConfigError, load_config, resolve_config_path
 from dino_ablate.preflight import check_train
 
 
@@ -26,12 +26,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run(args: argparse.Namespace) -> int:
     from dino_ablate import dist
-    from dino_ablate.train import check_world_size, is_write_fault, run_guarded
+    from dino_ablate.train import (
+        check_world_size,
+        is_write_fault,
+        record_rank_failure,
+        run_guarded,
+    )
 
     cfg = load_config(args.config, args.overrides)
-    check_world_size(cfg, dist.detect().world_size)  # before any run directory exists
-    check_train(cfg, dist.detect().world_size, str(resolve_config_path(args.config)))
-    if dist.detect().rank != 0:
+    rank = dist.detect().rank
+    try:
+        check_world_size(cfg, dist.detect().world_size)  # before any run directory exists
+        check_train(cfg, dist.detect().world_size, str(resolve_config_path(args.config)))
+    except ConfigError as exc:  # a missing data folder on this rank's node, say
+        if rank != 0:
+            record_rank_failure(args.out, rank, exc)
+        raise
+    if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         state = run_guarded(cfg, args.out)

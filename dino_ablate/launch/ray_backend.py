@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from dino_ablate.contract import STATUS_FILE, read_json
+from dino_ablate.contract import STATUS_FILE, rank_failures, read_json
 from dino_ablate.errors import ConfigError
 from dino_ablate.launch import ray_local
 from dino_ablate.launch.base import LaunchItem, LaunchOutcome, record_launch
@@ -110,7 +110,14 @@ def run_point_trial(config: dict[str, Any]) -> None:
     if state in FINAL:
         return
     raise RuntimeError(f"{run_dir.name}: trainer exited with codes {codes}, state {state!r}: "
-                       f"{status.get('reason')} (log: {spec['log_file']})")
+                       f"{_rank_failure(run_dir) or status.get('reason')} "
+                       f"(log: {spec['log_file']})")
+
+
+def _rank_failure(run_dir: Path) -> str | None:
+    """Why another rank failed, where it recorded it after rank 0's last status.json."""
+    records = rank_failures.fresh_rank_failures(run_dir, run_dir / STATUS_FILE)
+    return rank_failures.describe(records[0]) if records else None
 
 
 class Progress:
@@ -318,13 +325,15 @@ class RayBackend:
                      time.perf_counter() - started, grid.num_errors)
         for item in items:
             status = read_json(item.run_dir / STATUS_FILE) or {}
+            rank_failure = _rank_failure(item.run_dir)
             if not status:
+                cause = f": {rank_failure}" if rank_failure else ""
                 outcome.failed[item.point.run_id] = (
-                    "the trainer wrote no status.json (it failed at start); see "
+                    f"the trainer wrote no status.json (it failed at start{cause}); see "
                     f"{sweep_dir / 'ray' / 'logs' / (item.point.run_id + '.log')}")
             elif status.get("state") not in FINAL:
                 outcome.failed[item.point.run_id] = (
-                    f"state {status.get('state')!r}: {status.get('reason')}")
+                    f"state {status.get('state')!r}: {rank_failure or status.get('reason')}")
         return outcome
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dino_ablate.contract.rank_failures import write_rank_failure
+from dino_ablate.contract.rank_failures import fresh_rank_failures, write_rank_failure
 from dino_ablate.errors import ConfigError
 from dino_ablate.runs import RunLock, prepare_run_dir, read_metrics, run_dir_of, run_state
 from dino_ablate.sweep import load_sweep, semantic_hash
@@ -110,9 +110,15 @@ def test_a_ray_trial_that_ended_before_the_trainer_wrote_its_status_is_failed(
 
 
 def test_a_failure_another_rank_recorded_after_status_json_names_that_rank(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rank 0 was ended by its launcher before it could record why; rank 1's record says.
-    A record older than status.json belongs to an attempt a resume has written over."""
+    A record older than status.json belongs to an attempt a resume has written over, one of
+    another SLURM job than launch.json's to an earlier submission."""
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     rd = tmp_path / "r"
     (rd / "failed_ranks").mkdir(parents=True)
     status = rd / "status.json"
@@ -122,16 +128,50 @@ def test_a_failure_another_rank_recorded_after_status_json_names_that_rank(
                                 2)
     assert record is not None and record.parent == rd / "failed_ranks"
     assert record.name.startswith("rank1-")
+    saved = json.loads(record.read_text())
+    assert saved["attempt"] == "slurm job 7_1 restart 0" and saved["slurm_job"] == "7_1"
     st = run_state(rd)
     assert st.state == "failed", st
     assert st.reason == ("interrupted at epoch 2: rank 1 on node2 (slurm node node2) failed: "
                          f"OSError: disk gone (failed_ranks/{record.name}); resubmit to resume")
     (rd / "launch.json").write_text(json.dumps({"backend": "slurm", "job_id": "7_1"}))
     assert run_state(rd, {"7_1": "RUNNING"}).state == "running"  # srun is ending the others
+    st = run_state(rd, {"7_1": "FAILED"})
+    assert st.state == "failed" and st.reason is not None, st
+    assert "rank 1 on node2" in st.reason and "job 7_1 ended (FAILED)" in st.reason, st
+    (rd / "launch.json").write_text(json.dumps({"backend": "slurm", "job_id": "8_1"}))
+    st = run_state(rd, {"8_1": "FAILED"})  # resubmitted: job 8_1 ended before its status
+    assert st.state == "failed" and "rank 1" not in (st.reason or ""), st
+    (rd / "launch.json").unlink()
+    written = record.stat().st_mtime_ns
     status.write_text(json.dumps({"state": "running", "epoch": 3, "epochs": 5}))  # a resume
+    os.utime(status, ns=(written + 10**9, written + 10**9))
     st = run_state(rd)
     assert st.state == "failed" and "rank 1" not in (st.reason or ""), st
     assert "no live process" in (st.reason or "")
+
+
+def test_only_the_latest_attempts_rank_failures_are_read(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without status.json every record is newer than it: the latest attempt's are read, and
+    rank 0 reads only those of its own attempt."""
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+    rd = tmp_path / "r"
+    rd.mkdir()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1111")
+    first = write_rank_failure(rd, 1, "h", "ValueError: first attempt", "tb", None)
+    monkeypatch.setenv("MASTER_PORT", "2222")
+    second = write_rank_failure(rd, 2, "h", "ValueError: second attempt", "tb", None)
+    assert first is not None and second is not None
+    os.utime(first, ns=(1_000_000_000, 1_000_000_000))
+    st = run_state(rd)
+    assert st.state == "failed" and "second attempt" in (st.reason or "") and \
+        "interrupted at start: rank 2" in (st.reason or ""), st
+    status = rd / "status.json"
+    mine = fresh_rank_failures(rd, status, attempt="rendezvous 127.0.0.1:1111 run ?")
+    assert [r["reason"] for r in mine] == ["ValueError: first attempt"]
 
 
 def test_truncated_metrics_line_is_skipped(tmp_path: Path) -> None:
@@ -184,3 +224,24 @@ def test_concurrent_submitters_can_rewrite_sweep_json(tmp_path: Path) -> None:
         assert pool.map(_rewrite_sweep_json, [str(tmp_path)] * 3) == [0, 0, 0]
     assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]
     assert json.loads((tmp_path / "sweep.json").read_text())["name"] == "local_smoke"
+
+
+def test_a_rank_records_its_failure_only_in_its_own_run(tmp_path: Path) -> None:
+    """Not in a directory holding another run (the identity check refused it), nor in one
+    without config.yaml (no run there yet), nor for an interrupt; a bad input on its node,
+    yes."""
+    from dino_ablate.errors import AnotherRun
+    from dino_ablate.train import record_rank_failure
+
+    rd = tmp_path / "r"
+    rd.mkdir()
+    record_rank_failure(rd, 1, ConfigError("data.root: /data/x does not exist"))
+    assert not (rd / "failed_ranks").exists()  # no config.yaml
+    (rd / "config.yaml").write_text("seed: 0\n")
+    record_rank_failure(rd, 1, AnotherRun(f"{rd} already holds a run with a different config"))
+    record_rank_failure(rd, 1, KeyboardInterrupt())
+    assert not (rd / "failed_ranks").exists()
+    record_rank_failure(rd, 1, ConfigError("data.root: /data/x does not exist"))
+    record, = (rd / "failed_ranks").iterdir()
+    assert json.loads(record.read_text())["reason"] == \
+        "ConfigError: data.root: /data/x does not exist"
