@@ -45,6 +45,8 @@ def _this_rank() -> int:
 def _items(run_dir: Path) -> dict[str, int]:
     spec = os.environ.get(ENV, "").strip()
     out: dict[str, int] = {}
+    if not spec:  # normal use: one lookup per call (it runs before every training step)
+        return out
     only_rank = env_number(RANK_ENV, "a rank (an integer >= 0)", lambda v: v >= 0 and v == int(v))
     if only_rank is not None and int(only_rank) != _this_rank():
         return out

@@ -373,14 +373,14 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
         state = "running" if trained == "running" else "queued"
     elif trained == "failed":
         state = "failed"
-    elif failed_ranks := rank_failures.fresh_rank_failures(
+    elif failed_rank := rank_failures.first_failure(
             run_dir, run_dir / STATUS_FILE,
             slurm_job=str(job_id) if launch.get("backend") == "slurm" and job_id else None):
         # another rank failed and its launcher ended rank 0 before it could record why
         state = "failed"
         where = f"at epoch {status.get('epoch')}" if trained == "running" else "at start"
         ended = f"; {_job_end(job_id, job_state)}" if job_id and job_state else ""
-        reason = (f"interrupted {where}: {rank_failures.describe(failed_ranks[0])}{ended}; "
+        reason = (f"interrupted {where}: {failed_rank}{ended}; "
                   "resubmit to resume")
     elif trained == "running":
         # the trainer said running but nobody is executing it any more

@@ -532,12 +532,12 @@ def _record_failure(cfg: RunConfig, run_dir: Path, exc: BaseException) -> None:
     epoch = int(status.get("epoch", 0))
     reason = f"{type(exc).__name__}: {exc}"
     # Another rank failed first (rank 0's error is then often only the lost connection to it)
-    first = rank_failures.fresh_rank_failures(
-        run_dir, rd.path / STATUS_FILE, attempt=rank_failures.attempt_id()) \
-        if dist.detect().world_size > 1 else []
+    first = rank_failures.first_failure(run_dir, rd.path / STATUS_FILE,
+                                        attempt=rank_failures.attempt_id()) \
+        if dist.detect().world_size > 1 else None
     if first:
         own = reason if len(reason) <= 160 else reason[:159] + "…"  # gloo's is ~300 chars
-        reason = f"{rank_failures.describe(first[0])}; rank 0 then: {own}"
+        reason = f"{first}; rank 0 then: {own}"
     if is_write_fault(exc):
         reason += (" (a write into the run directory failed; its last good checkpoint and "
                    "metrics are kept: free space or make it writable, then run the same command "

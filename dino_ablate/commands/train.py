@@ -34,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     cfg = load_config(args.config, args.overrides)
-    rank = dist.detect().rank
+    info = dist.detect()
+    rank, world_size = info.rank, info.world_size
     try:
-        check_world_size(cfg, dist.detect().world_size)  # before any run directory exists
-        check_train(cfg, dist.detect().world_size, str(resolve_config_path(args.config)))
+        check_world_size(cfg, world_size)  # before any run directory exists
+        check_train(cfg, world_size, str(resolve_config_path(args.config)))
     except ConfigError as exc:  # a missing data folder on this rank's node, say
         if rank != 0:
             record_rank_failure(args.out, rank, exc)
@@ -53,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}; the last good checkpoint is kept: free space or make "
               f"{args.out} writable, then run the same command to resume", file=sys.stderr)
         return 1
-    if dist.detect().rank == 0:
+    if rank == 0:
         print(f"{state}: {args.out}")
     return 0 if state == "done" else 1

@@ -95,6 +95,13 @@ def fresh_rank_failures(run_dir: Path, status_file: Path, *, attempt: str | None
     return [record for record in records if record.get("attempt") == latest]
 
 
+def first_failure(run_dir: Path, status_file: Path, *, attempt: str | None = None,
+                  slurm_job: str | None = None) -> str | None:
+    """`describe` of the first of `fresh_rank_failures`, or None when there is none."""
+    records = fresh_rank_failures(run_dir, status_file, attempt=attempt, slurm_job=slurm_job)
+    return describe(records[0]) if records else None
+
+
 def describe(record: dict[str, Any]) -> str:
     """`rank 1 on node2 failed: ValueError: ... (failed_ranks/rank1-….json)`."""
     return (f"rank {record.get('rank')} on {record.get('host')} failed: {record.get('reason')} "

@@ -109,15 +109,10 @@ def run_point_trial(config: dict[str, Any]) -> None:
     state = status.get("state")
     if state in FINAL:
         return
+    why = rank_failures.first_failure(run_dir, run_dir / STATUS_FILE) or status.get("reason")
     raise RuntimeError(f"{run_dir.name}: trainer exited with codes {codes}, state {state!r}: "
-                       f"{_rank_failure(run_dir) or status.get('reason')} "
-                       f"(log: {spec['log_file']})")
+                       f"{why} (log: {spec['log_file']})")
 
-
-def _rank_failure(run_dir: Path) -> str | None:
-    """Why another rank failed, where it recorded it after rank 0's last status.json."""
-    records = rank_failures.fresh_rank_failures(run_dir, run_dir / STATUS_FILE)
-    return rank_failures.describe(records[0]) if records else None
 
 
 class Progress:
@@ -325,7 +320,8 @@ class RayBackend:
                      time.perf_counter() - started, grid.num_errors)
         for item in items:
             status = read_json(item.run_dir / STATUS_FILE) or {}
-            rank_failure = _rank_failure(item.run_dir)
+            rank_failure = rank_failures.first_failure(item.run_dir,
+                                                       item.run_dir / STATUS_FILE)
             if not status:
                 cause = f": {rank_failure}" if rank_failure else ""
                 outcome.failed[item.point.run_id] = (
