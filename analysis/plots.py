@@ -58,8 +58,6 @@ from analysis.probe_plots import INIT_GID, PIXELS_GID, PIXELS_STYLE, draw_baseli
 PATCH_SIZE_KEY = "model.patch_size"
 BATCH_SIZE_KEY = "optim.batch_size"
 RUNS_PER_PAGE = 24
-#: More points than this and the kNN overlay's legend moves below the axes.
-MAX_LEGEND_INSIDE = 8
 FORMATS = ("png", "pdf")
 
 def _title_of(sweep: SweepResults) -> str:
@@ -83,8 +81,8 @@ def knn_overlay_figure(sweep: SweepResults) -> Figure:
     """Teacher vs student kNN over epochs, mean ± std over seeds per point (Fig. 6 left)."""
     labels = point_labels(sweep)
     colors = point_colors(labels)
-    legend_inside = len(colors) <= MAX_LEGEND_INSIDE
-    bottom = 0.6 if legend_inside else 0.6 + legend_height(len(colors) + 4, 4)
+    # the legend goes below the axes: inside (loc="best") it hid the first epochs' curves
+    bottom = 0.6 + legend_height(len(colors) + 4, 4)
     fig, axes = figure_grid(1, 1, panel=(7.6, 4.4), gap=(0, 0),
                              margins=(0.75, 0.2, bottom, 0.4))
     ax = axes[0, 0]
@@ -123,10 +121,7 @@ def knn_overlay_figure(sweep: SweepResults) -> Figure:
     handles += [Line2D([], [], color="0.2", linestyle="-", label="teacher"),
                 Line2D([], [], color="0.2", linestyle="--", label="student"), *baselines]
     title = f"{legend_title(sweep)} (mean ± std over seeds)"
-    if legend_inside:
-        ax.legend(handles=handles, loc="best", fontsize=9, title=title, title_fontsize=9)
-    else:
-        legend_below(fig, handles, ncol=4, title=title)
+    legend_below(fig, handles, ncol=4, title=title)
     return fig
 
 

@@ -8,8 +8,11 @@ draws them as labelled horizontal lines on an accuracy axis (percent); the kNN f
 
 - ``linear``: teacher (solid, circles) and student (dashed, squares) linear-probe top-1 at the
   epochs it was measured, one colour per point, mean ± std over seeds, with the raw-pixel and
-  random-init linear probe as reference lines. A run whose ``metrics.jsonl`` has no probe value
-  but whose ``summary.json`` has a final one shows it at its last epoch.
+  random-init linear probe as reference lines. When each run was probed once (the default: at
+  its end) the x axis is the points instead of the epochs: a filled circle (teacher) and a
+  hollow square (student) per point, the seeds' std as error bars. A run whose
+  ``metrics.jsonl`` has no probe value but whose ``summary.json`` has a final one shows it at
+  its last epoch.
 """
 
 from __future__ import annotations
@@ -136,10 +139,40 @@ def linear_figure(sweep: SweepResults) -> Figure | None:
     labels = point_labels(sweep)
     colors = point_colors(labels)
     rows["label"] = rows["run_id"].map(dict(zip(sweep.runs["run_id"], labels, strict=True)))
-    bottom = 0.6 + legend_height(len(colors) + 4, 4)
+    once = bool((rows.groupby("run_id")["epoch"].nunique() == 1).all())
+    bottom = 0.6 + legend_height(4 if once else len(colors) + 4, 4)
     fig, axes = figure_grid(1, 1, panel=(7.6, 4.4), gap=(0, 0),
                             margins=(0.75, 0.2, bottom, 0.4))
     ax = axes[0, 0]
+    if once:  # the usual case: each run is probed once, at its end
+        plotted = _draw_points(ax, rows, colors)
+        epochs = sorted({int(e) for e in rows["epoch"]})
+        when = f"epoch {epochs[0]}" if len(epochs) == 1 else "each run's last probed epoch"
+        ax.set_xlabel(f"{legend_title(sweep)} (probed at {when})")
+        networks = [Line2D([], [], color="0.2", marker="o", linestyle="none", label="teacher"),
+                    Line2D([], [], color="0.2", marker="s", linestyle="none", fillstyle="none",
+                           label="student")]
+    else:
+        plotted = _draw_curves(ax, rows, colors)
+        epoch_axis(ax)
+        networks = [Line2D([], [], color="0.2", marker="o", label="teacher"),
+                    Line2D([], [], color="0.2", linestyle="--", marker="s", label="student")]
+    baselines = draw_baselines(ax, sweep, init_column="linear_teacher_init",
+                               pixels_column="linear_pixels", colors=colors)
+    ax.set_ylabel("linear-probe top-1 (%)")
+    ax.set_title(f"Linear probe on frozen features — sweep {sweep.name}")
+    ax.grid(alpha=0.3)
+    # along a point axis the tick labels name the colours
+    handles: list[Any] = [] if once else [
+        Line2D([], [], color=colors[label], linewidth=2.5, label=label)
+        for label in dict.fromkeys(plotted)]
+    handles += [*networks, *baselines]
+    legend_below(fig, handles, ncol=4, title=f"{legend_title(sweep)} (mean ± std over seeds)")
+    return fig
+
+
+def _draw_curves(ax: Axes, rows: pd.DataFrame, colors: dict[str, str]) -> list[str]:
+    """One line per point and network over the probed epochs, mean ± std over seeds."""
     plotted: list[str] = []
     for label, color in colors.items():
         for column, style, marker in _PROBES:
@@ -156,16 +189,27 @@ def linear_figure(sweep: SweepResults) -> Figure | None:
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15,
                                 linewidth=0)
             plotted.append(label)
-    baselines = draw_baselines(ax, sweep, init_column="linear_teacher_init",
-                               pixels_column="linear_pixels", colors=colors)
-    epoch_axis(ax)
-    ax.set_ylabel("linear-probe top-1 (%)")
-    ax.set_title(f"Linear probe on frozen features — sweep {sweep.name}")
-    ax.grid(alpha=0.3)
-    handles: list[Any] = [Line2D([], [], color=colors[label], linewidth=2.5, label=label)
-                          for label in dict.fromkeys(plotted)]
-    handles += [Line2D([], [], color="0.2", marker="o", label="teacher"),
-                Line2D([], [], color="0.2", linestyle="--", marker="s", label="student"),
-                *baselines]
-    legend_below(fig, handles, ncol=4, title=f"{legend_title(sweep)} (mean ± std over seeds)")
-    return fig
+    return plotted
+
+
+#: Horizontal offset of the teacher (left) and student (right) marker of a point.
+_POINT_OFFSET = {"linear_teacher": -0.12, "linear_student": 0.12}
+
+
+def _draw_points(ax: Axes, rows: pd.DataFrame, colors: dict[str, str]) -> list[str]:
+    """Probes of one epoch: a teacher and a student marker per point along a categorical x
+    axis, with the seeds' std as error bars (an epoch axis would show one column of dots)."""
+    plotted = [label for label in colors if (rows["label"] == label).any()]
+    for x, label in enumerate(plotted):
+        for column, _, marker in _PROBES:
+            values = rows[(rows["label"] == label) & (rows["column"] == column)]["value"]
+            if values.empty:
+                continue
+            std = [float(values.std())] if len(values) > 1 else None
+            ax.errorbar([x + _POINT_OFFSET[column]], [float(values.mean())], yerr=std,
+                        marker=marker, markersize=7, color=colors[label], capsize=3,
+                        linestyle="none", fillstyle="full" if column == "linear_teacher"
+                        else "none")
+    ax.set_xticks(range(len(plotted)), plotted)
+    ax.set_xlim(-0.6, len(plotted) - 0.4)
+    return plotted

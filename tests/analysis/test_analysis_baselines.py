@@ -335,3 +335,31 @@ def test_linear_figure(collapse_sweep: Path, teacher_sweep: Path) -> None:
     assert _levels(ax, PIXELS_GID) == pytest.approx([55.0])
     old = load_results(teacher_sweep)
     assert linear_figure(old) is None and "linear" not in sweep_figures(old)
+
+
+def test_a_probe_run_once_per_run_is_drawn_per_point_not_over_epochs(tmp_path: Path) -> None:
+    """The default probe runs once, at the end: the figure puts the points on the x axis (a
+    teacher and a student marker each, the seeds' std as an error bar) instead of one column
+    of dots over a lone epoch."""
+    runs = []
+    for update, seed, teacher, student in (("ema", 0, 0.90, 0.88), ("ema", 1, 0.94, 0.92),
+                                           ("student_copy", 0, 0.70, 0.70)):
+        records = synth.make_records(10, linear_teacher_final=teacher,
+                                     linear_student_final=student, linear_every=100)
+        runs.append({"run_id": f"update-{update}_seed-{seed}", "seed": seed,
+                     "varied": {"teacher.update": update}, "records": records})
+    figure = linear_figure(load_results(synth.write_sweep(tmp_path / "sweep", runs)))
+    assert figure is not None
+    ax = figure.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["ema", "student_copy"]
+    assert ax.get_xlabel() == "teacher.update (probed at epoch 10)"
+    markers = {(round(float(np.asarray(line.get_xdata())[0]), 2), line.get_marker()):
+               float(np.asarray(line.get_ydata())[0])
+               for line in ax.get_lines() if line.get_marker() in ("o", "s")}
+    assert markers == pytest.approx({(-0.12, "o"): 92.0, (0.12, "s"): 90.0,
+                                     (0.88, "o"): 70.0, (1.12, "s"): 70.0})
+    # ema's two seeds: an error bar of their std (90 and 94 % -> 2.83 points) on each marker
+    bars = [segments for collection in ax.collections
+            for segments in collection.get_segments()]
+    heights = sorted(round(float(seg[1][1] - seg[0][1]), 2) for seg in bars)
+    assert heights == pytest.approx([2 * 2.83, 2 * 2.83], abs=0.02)

@@ -134,3 +134,21 @@ def test_knn_overlay_draws_lines_when_knn_is_measured_every_other_epoch(tmp_path
     for line in curves:
         assert np.asarray(line.get_xdata()).tolist() == [2, 4, 6, 8, 10]
         assert np.isfinite(np.asarray(line.get_ydata(), dtype=float)).all()
+
+
+def test_the_knn_overlays_legend_covers_no_curve(teacher_sweep: Path) -> None:
+    """Its legend sits below the axes, outside the data area (regression: inside, at
+    loc="best", it hid the EMA curves' first 40 epochs in the demo's report)."""
+    from analysis.plots import knn_overlay_figure
+
+    figure = knn_overlay_figure(load_results(teacher_sweep))
+    ax = figure.axes[0]
+    assert ax.get_legend() is None
+    (legend,) = figure.legends
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert box.y1 <= area.y0, (box, area)
+    assert {text.get_text() for text in legend.get_texts()} >= {"teacher", "student", "ema"}
