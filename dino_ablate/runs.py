@@ -57,7 +57,7 @@ from dino_ablate.sweep import RUN_ID_RE, Point, Sweep, SweepPlan
 log = logging.getLogger("dino_ablate.runs")
 
 #: every state `status` can show: pending and queued are the launcher's view, running, done,
-#: diverged and failed are the trainer's (status.json)
+#: diverged and failed are the trainer's (status.json), unknown is SLURM's silence
 STATES = LAUNCH_STATES
 FINAL = ("done", "diverged")
 
@@ -333,15 +333,22 @@ def slurm_job_states(run_dirs: list[Path]) -> dict[str, str] | None:
     """The SLURM states of the jobs the run directories' launch.json record: `{}` when none
     records a SLURM job (SLURM is not asked, submitit not imported); None when SLURM cannot be
     asked from here (warned), and the run directories' own records must do."""
+    states, error = ask_slurm(run_dirs)
+    return None if error else states
+
+
+def ask_slurm(run_dirs: list[Path]) -> tuple[dict[str, str], str | None]:
+    """`slurm_job_states` for the read-only views (`status`, the dry run): the states, and why
+    SLURM could not be asked (None when it answered or was not needed), for `run_state`."""
     if not any((read_launch(d) or {}).get("backend") == "slurm" for d in run_dirs):
-        return {}
+        return {}, None
     from dino_ablate.launch.slurm import recorded_job_states
 
     try:
-        return recorded_job_states(run_dirs)
+        return recorded_job_states(run_dirs), None
     except RuntimeError as exc:
         log.warning("%s; SLURM job states unknown", exc)
-        return None
+        return {}, str(exc)
 
 
 def _job_end(job_id: Any, job_state: str) -> str:
@@ -351,10 +358,14 @@ def _job_end(job_id: Any, job_state: str) -> str:
     return f"job {job_id} ended ({job_state})"
 
 
-def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> RunState:
+def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None,
+              slurm_error: str | None = None) -> RunState:
     """Combine status.json, the lock, and the scheduler's view of the recorded job.
 
     `job_states` maps SLURM job ids (`123_4`) to their state; None when not asked.
+    `slurm_error`: why SLURM could not be asked (`ask_slurm`). A SLURM run whose files leave
+    its state to its job (no final state, no live lock, no recorded failure) is then
+    `unknown`, not `pending` or `failed`: its job may be queued, running or gone.
     """
     status = read_json(run_dir / STATUS_FILE) or {}
     launch = read_launch(run_dir) or {}
@@ -365,6 +376,10 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
     trained = status.get("state")
     reason = status.get("reason")
     lock_holder = RunLock(run_dir).holder()
+    slurm_job = str(job_id) if launch.get("backend") == "slurm" and job_id else None
+    # another rank failed and its launcher ended rank 0 before it could record why
+    failed_rank = None if trained in FINAL else rank_failures.first_failure(
+        run_dir, run_dir / STATUS_FILE, slurm_job=slurm_job)
     if trained in FINAL:
         state = trained
     elif job_active(job_state):
@@ -373,10 +388,13 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None) -> Run
         state = "running" if trained == "running" else "queued"
     elif trained == "failed":
         state = "failed"
-    elif failed_rank := rank_failures.first_failure(
-            run_dir, run_dir / STATUS_FILE,
-            slurm_job=str(job_id) if launch.get("backend") == "slurm" and job_id else None):
-        # another rank failed and its launcher ended rank 0 before it could record why
+    elif slurm_error and slurm_job and not failed_rank:
+        state = "unknown"
+        said = (f"status.json says running at epoch {status.get('epoch')}"
+                if trained == "running" else "the trainer has written no status yet")
+        reason = (f"SLURM did not answer (warned above): job {job_id} may be queued, "
+                  f"running or ended; {said}")
+    elif failed_rank:
         state = "failed"
         where = f"at epoch {status.get('epoch')}" if trained == "running" else "at start"
         ended = f"; {_job_end(job_id, job_state)}" if job_id and job_state else ""

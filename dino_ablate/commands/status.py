@@ -26,16 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     from dino_ablate.contract import RUNS_SUBDIR
-    from dino_ablate.runs import run_dir_of, run_state, slurm_job_states
+    from dino_ablate.runs import ask_slurm, run_dir_of, run_state
 
     run_ids = _sweep_run_ids(sweep_dir)
     runs_root = sweep_dir / RUNS_SUBDIR
     extra = sorted(p.name for p in runs_root.iterdir() if p.is_dir() and p.name not in run_ids) \
         if runs_root.is_dir() else []
-    job_states = slurm_job_states([run_dir_of(sweep_dir, r) for r in run_ids + extra]) or {}
+    job_states, slurm_error = ask_slurm([run_dir_of(sweep_dir, r) for r in run_ids + extra])
     rows = []
     for run_id in run_ids + extra:
-        st = run_state(run_dir_of(sweep_dir, run_id), job_states)
+        st = run_state(run_dir_of(sweep_dir, run_id), job_states, slurm_error)
         rows.append({"run_id": run_id, "state": st.state, "epoch": st.epoch, "epochs": st.epochs,
                      "job_id": st.job_id, "job_state": st.job_state, "reason": st.reason,
                      "in_sweep": run_id in run_ids,

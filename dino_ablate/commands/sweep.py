@@ -108,13 +108,13 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
     Returns the points of each distinct resource shape, for `print_placements`."""
     from dino_ablate.contract import RUNS_SUBDIR, STATUS_FILE, read_json, trains_on
     from dino_ablate.launch.cost import estimate
-    from dino_ablate.runs import run_dir_of, run_state, slurm_job_states
+    from dino_ablate.runs import ask_slurm, run_dir_of, run_state
 
     exists = sweep_dir.is_dir()
     runs_root = sweep_dir / RUNS_SUBDIR
     # the jobs recorded so far, asked once (a requeued job's run reads running, not failed)
-    job_states = (slurm_job_states(sorted(runs_root.iterdir())) or {}) \
-        if runs_root.is_dir() else {}
+    job_states, slurm_error = ask_slurm(sorted(runs_root.iterdir())) \
+        if runs_root.is_dir() else ({}, None)
     head: list[tuple[str, ...]] = [("run id", "varied", "resources", "state", "estimate",
                                     "memory")]
     widths: list[int] = []
@@ -125,7 +125,8 @@ def print_table(plan: SweepPlan, sweep_dir: Path, out: TextIO) -> dict[str, list
     for count, point in enumerate(iter_points(plan), start=1):
         mem = check_point(point, str(plan.file))
         rd = run_dir_of(sweep_dir, point.run_id)
-        state = run_state(rd, job_states).state if exists and rd.is_dir() else "pending"
+        state = run_state(rd, job_states, slurm_error).state if exists and rd.is_dir() \
+            else "pending"
         if state == "done" and trains_on(read_json(rd / STATUS_FILE) or {},
                                          point.config.runtime.collapse_stop):
             state = "stopped early, trains on"  # its point no longer stops on a collapse

@@ -54,8 +54,9 @@ RUNS_SUBDIR: Final = "runs"
 #: what the trainer writes in status.json (and summary.json)
 TrainerState = Literal["running", "done", "diverged", "failed"]
 TRAINER_STATES: Final[tuple[TrainerState, ...]] = get_args(TrainerState)
-#: what a launcher can say of a run: not yet submitted, submitted, or the trainer's own state
-LaunchState = Literal["pending", "queued", "running", "done", "diverged", "failed"]
+#: what a launcher can say of a run: not yet submitted, submitted, the trainer's own state, or
+#: unknown (a SLURM run whose files leave its state to a job SLURM did not answer about)
+LaunchState = Literal["pending", "queued", "running", "done", "diverged", "failed", "unknown"]
 LAUNCH_STATES: Final[tuple[LaunchState, ...]] = get_args(LaunchState)
 #: status.json's `reason` for a run that `runtime.collapse_stop` ended on a detected collapse
 STOPPED_ON_COLLAPSE: Final = "stopped early: collapse detected"

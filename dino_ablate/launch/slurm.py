@@ -22,6 +22,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,27 @@ def recorded_job_states(run_dirs: Iterable[Path]) -> dict[str, str]:
     return query_job_states(ids) if ids else {}
 
 
+#: seconds a squeue/sacct call may take (SLURM retries an unanswered RPC itself: a stopped
+#: slurmctld costs squeue 2 x MessageTimeout, 20 s with the default 10 s)
+QUERY_TIMEOUT_S = 60
+#: seconds after which a query still waiting says so (a `status` silent for 20 s looks hung)
+SLOW_QUERY_S = 3.0
+
+
+def _query(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a scheduler query (no shell), warning once if it is slow to answer."""
+    timer = threading.Timer(SLOW_QUERY_S, log.warning, args=(
+        "%s has not answered in %.0f s; waiting up to %d s (slurmctld busy or down?)",
+        cmd[0], SLOW_QUERY_S, QUERY_TIMEOUT_S))
+    timer.daemon = True
+    timer.start()
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S,
+                              check=False)
+    finally:
+        timer.cancel()
+
+
 def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
     """State of each job id (`123`, `123_4`): squeue, then sacct for what squeue forgot.
 
@@ -204,8 +226,7 @@ def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
     mains = sorted({j.split("_")[0] for j in wanted})
     states: dict[str, str] = {}
     try:
-        proc = subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(mains), "-o",
-                               "%i|%T"], capture_output=True, text=True, timeout=60, check=False)
+        proc = _query(["squeue", "-h", "-t", "all", "-j", ",".join(mains), "-o", "%i|%T"])
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuntimeError(f"squeue failed: {exc}") from exc
     # squeue exits 1 with "Invalid job id specified" when none of the ids is known any more
@@ -222,8 +243,7 @@ def query_job_states(job_ids: Iterable[str]) -> dict[str, str]:
         for jid in sorted({j.split("_")[0] for j in missing}):
             cmd += ["-j", jid]
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                                 check=False).stdout
+            out = _query(cmd).stdout
         except (OSError, subprocess.TimeoutExpired):
             out = ""
         for line in out.splitlines():

@@ -262,3 +262,50 @@ def test_a_queued_job_reads_queued_in_the_dry_run_and_is_not_launched_again_on_r
         subprocess.run(["scancel", blocker], check=True)
     rows = wait_for(sweep_dir, all_final, 300, "the job to run once the node is free")
     assert rows[run_id]["state"] == "done" and rows[run_id]["job_id"] == row["job_id"], rows
+
+
+def test_a_stopped_slurmctld_leaves_a_queued_run_unknown_and_status_says_it_waits(
+        slurm_cluster: Any, tmp_path: Path) -> None:
+    """slurmctld stopped (SIGSTOP: it keeps its port and answers nothing, as a hung or
+    overloaded controller; squeue gives up after 2 x MessageTimeout, 20 s here). `status`
+    says after 3 s what it waits for, then reads the queued run `unknown` (it read `pending`:
+    "not started", while its job waited), and so does the dry run. Once SLURM answers again
+    the run reads `queued`."""
+    import os
+    import signal
+
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--output",
+                              str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    job_id = None
+    try:
+        file = one_point_sweep(tmp_path / "stopped.yaml", "stopped", 2)
+        out = tmp_path / "out"
+        cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+        sweep_dir = out / "stopped" / "local"
+        (run_id, row), = wait_for(sweep_dir, lambda rows: all(
+            r["job_state"] == "PENDING" for r in rows.values()), 60, "the job pending").items()
+        job_id = row["job_id"]
+        pids = dict(line.split()[:2] for line in
+                    (slurm_cluster.root / "pids").read_text().splitlines() if line.strip())
+        ctld = int(pids["slurmctld"])
+        os.kill(ctld, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            proc = cli("status", str(sweep_dir), "--json")
+            waited = time.monotonic() - started
+            (seen,) = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+            assert seen["state"] == "unknown", seen
+            assert f"job {job_id} may be queued, running or ended" in seen["reason"], seen
+            assert "squeue has not answered in 3 s" in proc.stderr, proc.stderr
+            assert "SLURM job states unknown" in proc.stderr, proc.stderr
+            dry = cli("sweep", str(file), "--backend", "slurm", "--out", str(out),
+                      "--dry-run").stdout
+            line = next(line for line in dry.splitlines() if line.startswith(run_id))
+            assert re.split(r"\s{2,}", line)[3] == "unknown", dry
+        finally:
+            os.kill(ctld, signal.SIGCONT)
+        print(f"status with slurmctld stopped: {waited:.1f} s")
+        assert status(sweep_dir)[run_id]["state"] == "queued"
+    finally:
+        subprocess.run(["scancel", blocker, *([job_id] if job_id else [])], check=True)

@@ -91,6 +91,49 @@ def test_state_from_run_directory(tmp_path: Path) -> None:
     assert run_state(rd, {"7_1": "RUNNING"}).state == "diverged"
 
 
+def test_a_slurm_run_reads_unknown_when_slurm_did_not_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """squeue failed (a stopped slurmctld): a SLURM run whose files leave its state to its job
+    read `pending` (never started) or `failed` (status.json running, no lock here), both
+    untrue of a job that may be queued or running on a node. Its own files still decide a
+    final, failed or locked run, a rank's recorded failure, and a Ray run."""
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                 "SLURM_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    error = "squeue failed (1): slurm_load_jobs error: Socket timed out on send/recv operation"
+    rd = tmp_path / "r"
+    rd.mkdir()
+    (rd / "launch.json").write_text(json.dumps({"backend": "slurm", "job_id": "7_1"}))
+    assert run_state(rd, {}).state == "pending"  # asked, and SLURM answered nothing
+    st = run_state(rd, {}, error)
+    assert st.state == "unknown", st
+    assert st.reason == ("SLURM did not answer (warned above): job 7_1 may be queued, running "
+                         "or ended; the trainer has written no status yet")
+    (rd / "status.json").write_text(json.dumps({"state": "running", "epoch": 2, "epochs": 5}))
+    assert run_state(rd, {}).state == "failed"
+    st = run_state(rd, {}, error)
+    assert st.state == "unknown" and st.epoch == 2, st
+    assert "status.json says running at epoch 2" in (st.reason or ""), st
+    lock = RunLock(rd)
+    assert lock.acquire("train test")
+    assert run_state(rd, {}, error).state == "running"
+    lock.release()
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    os.utime(rd / "status.json", ns=(1_000_000_000, 1_000_000_000))
+    write_rank_failure(rd, 1, "node2", "OSError: disk gone", "tb", 2)
+    st = run_state(rd, {}, error)
+    assert st.state == "failed" and "rank 1 on node2" in (st.reason or ""), st
+    for final in ("done", "failed", "diverged"):
+        (rd / "status.json").write_text(json.dumps({"state": final, "epoch": 5, "epochs": 5}))
+        assert run_state(rd, {}, error).state == final
+    other = tmp_path / "ray"
+    other.mkdir()
+    (other / "launch.json").write_text(json.dumps({"backend": "ray", "job_id": "s1",
+                                                   "submission": "s1"}))
+    assert run_state(other, {}, error).state == "failed"
+
+
 def test_a_ray_trial_that_ended_before_the_trainer_wrote_its_status_is_failed(
         tmp_path: Path) -> None:
     """A trainer that failed at start (a missing data folder on the node) writes no
