@@ -6,8 +6,9 @@
   (:func:`analysis.probe_plots.draw_baselines`).
 - ``knn_runs_NN``: the same per run, one panel per run (24 panels a page), with the kNN of the
   randomly initialised teacher as a dotted line and the raw pixels' as a dash-dotted one.
-- ``linear``: linear-probe top-1 over the epochs it was measured, with its baselines, when any
-  run has a probe value (:func:`analysis.probe_plots.linear_figure`).
+- ``linear``: linear-probe top-1 over the epochs it was measured (per point, when each run was
+  probed once), with its baselines, when any run has a probe value
+  (:func:`analysis.probe_plots.linear_figure`).
 - ``collapse``: teacher entropy h(Pt) and KL(Pt‖Ps) over epochs side by side, one colour per
   point, lines at 0 and ln K, and the start of each detected collapse marked (paper Fig. 7).
 - ``patch_size``: final teacher kNN vs measured training throughput, when ``model.patch_size``

@@ -132,7 +132,8 @@ def _probe_rows(sweep: SweepResults) -> pd.DataFrame:
 
 
 def linear_figure(sweep: SweepResults) -> Figure | None:
-    """Linear-probe top-1 over epochs with its baselines; None when no run has a probe value."""
+    """Linear-probe top-1 over epochs (per point when each run was probed once) with its
+    baselines; None when no run has a probe value."""
     rows = _probe_rows(sweep)
     if rows.empty:
         return None
@@ -210,6 +211,11 @@ def _draw_points(ax: Axes, rows: pd.DataFrame, colors: dict[str, str]) -> list[s
                         marker=marker, markersize=7, color=colors[label], capsize=3,
                         linestyle="none", fillstyle="full" if column == "linear_teacher"
                         else "none")
-    ax.set_xticks(range(len(plotted)), plotted)
+    ticks = []
+    for label in plotted:  # seeds probed at different epochs (one ended early) say so
+        epochs = sorted({int(e) for e in rows[rows["label"] == label]["epoch"]})
+        ticks.append(label if len(epochs) == 1 else f"{label}\n(epochs {epochs[0]}-{epochs[-1]})")
+    ax.set_xticks(range(len(plotted)), ticks, rotation=20 if len(plotted) > 5 else 0,
+                  ha="right" if len(plotted) > 5 else "center")
     ax.set_xlim(-0.6, len(plotted) - 0.4)
     return plotted

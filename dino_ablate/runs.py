@@ -339,7 +339,10 @@ def slurm_job_states(run_dirs: list[Path]) -> dict[str, str] | None:
 
 def ask_slurm(run_dirs: list[Path]) -> tuple[dict[str, str], str | None]:
     """`slurm_job_states` for the read-only views (`status`, the dry run): the states, and why
-    SLURM could not be asked (None when it answered or was not needed), for `run_state`."""
+    SLURM could not be asked (None when it answered or was not needed), for `run_state`.
+    Finished runs are left out: their status.json decides them whatever their job says."""
+    run_dirs = [d for d in run_dirs
+                if (read_json(d / STATUS_FILE) or {}).get("state") not in FINAL]
     if not any((read_launch(d) or {}).get("backend") == "slurm" for d in run_dirs):
         return {}, None
     from dino_ablate.launch.slurm import recorded_job_states
@@ -392,7 +395,7 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None,
         state = "unknown"
         said = (f"status.json says running at epoch {status.get('epoch')}"
                 if trained == "running" else "the trainer has written no status yet")
-        reason = (f"SLURM did not answer (warned above): job {job_id} may be queued, "
+        reason = (f"SLURM could not be asked ({slurm_error}): job {job_id} may be queued, "
                   f"running or ended; {said}")
     elif failed_rank:
         state = "failed"

@@ -201,9 +201,10 @@ SLOW_QUERY_S = 3.0
 
 def _query(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     """Run a scheduler query (no shell), warning once if it is slow to answer."""
+    daemon = "slurmdbd" if cmd[0] == "sacct" else "slurmctld"
     timer = threading.Timer(SLOW_QUERY_S, log.warning, args=(
-        "%s has not answered in %.0f s; waiting up to %d s (slurmctld busy or down?)",
-        cmd[0], SLOW_QUERY_S, QUERY_TIMEOUT_S))
+        "%s has not answered in %g s; waiting up to %d s (%s busy or down?)",
+        cmd[0], SLOW_QUERY_S, QUERY_TIMEOUT_S, daemon))
     timer.daemon = True
     timer.start()
     try:

@@ -358,8 +358,35 @@ def test_a_probe_run_once_per_run_is_drawn_per_point_not_over_epochs(tmp_path: P
                for line in ax.get_lines() if line.get_marker() in ("o", "s")}
     assert markers == pytest.approx({(-0.12, "o"): 92.0, (0.12, "s"): 90.0,
                                      (0.88, "o"): 70.0, (1.12, "s"): 70.0})
+    assert {line.get_marker(): line.get_fillstyle() for line in ax.get_lines()
+            if line.get_marker() in ("o", "s")} == {"o": "full", "s": "none"}
     # ema's two seeds: an error bar of their std (90 and 94 % -> 2.83 points) on each marker
     bars = [segments for collection in ax.collections
             for segments in collection.get_segments()]
     heights = sorted(round(float(seg[1][1] - seg[0][1]), 2) for seg in bars)
     assert heights == pytest.approx([2 * 2.83, 2 * 2.83], abs=0.02)
+
+
+def test_seeds_probed_at_different_epochs_say_so_and_per_epoch_probes_stay_curves(
+        tmp_path: Path) -> None:
+    """A seed that ended early (collapse_stop) was probed at its own last epoch: the point's
+    tick names the range. A sweep with a run probed at several epochs keeps the epoch axis."""
+    def sweep(name: str, lengths: tuple[int, int], every: int) -> Path:
+        runs = [{"run_id": f"update-ema_seed-{seed}", "seed": seed,
+                 "varied": {"teacher.update": "ema"},
+                 "records": synth.make_records(n, linear_teacher_final=0.9,
+                                               linear_every=every)}
+                for seed, n in enumerate(lengths)]
+        return synth.write_sweep(tmp_path / name, runs)
+
+    figure = linear_figure(load_results(sweep("early", (6, 10), 100)))
+    assert figure is not None
+    ax = figure.axes[0]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["ema\n(epochs 6-10)"]
+    assert ax.get_xlabel() == "teacher.update (probed at each run's last probed epoch)"
+    figure = linear_figure(load_results(sweep("curves", (10, 10), 5)))
+    assert figure is not None
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "epoch"
+    curves = [line for line in ax.get_lines() if line.get_gid() is None]
+    assert np.asarray(curves[0].get_xdata()).tolist() == [5, 10]

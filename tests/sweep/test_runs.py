@@ -107,7 +107,7 @@ def test_a_slurm_run_reads_unknown_when_slurm_did_not_answer(
     assert run_state(rd, {}).state == "pending"  # asked, and SLURM answered nothing
     st = run_state(rd, {}, error)
     assert st.state == "unknown", st
-    assert st.reason == ("SLURM did not answer (warned above): job 7_1 may be queued, running "
+    assert st.reason == (f"SLURM could not be asked ({error}): job 7_1 may be queued, running "
                          "or ended; the trainer has written no status yet")
     (rd / "status.json").write_text(json.dumps({"state": "running", "epoch": 2, "epochs": 5}))
     assert run_state(rd, {}).state == "failed"
