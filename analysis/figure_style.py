@@ -117,6 +117,19 @@ def epoch_axis(ax: Axes) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+#: The kNN and linear figures' legend entries besides the points' colours.
+NETWORK_AND_BASELINE_LABELS = ("teacher", "student", "teacher at random init",
+                               "raw pixels (no network)")
+
+
+def legend_columns(labels: list[str] | tuple[str, ...], width: float, most: int) -> int:
+    """Columns of a legend below the axes that fit ``width`` inches: each column is as wide as
+    the longest label (fontsize 9) plus its handle, so long point labels take fewer columns
+    instead of running off the figure's sides."""
+    longest = max((len(label) for label in labels), default=0)
+    return max(1, min(most, int(width // (0.75 + 0.075 * longest))))
+
+
 def legend_height(entries: int, ncol: int) -> float:
     """Inches a legend of ``entries`` in ``ncol`` columns takes below the axes."""
     return LEGEND_ROW_INCHES * math.ceil(entries / ncol) + 0.1

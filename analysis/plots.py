@@ -42,11 +42,13 @@ from analysis.collapse import HEALTHY
 from analysis.figure_style import (
     DPI,
     LABEL_BOX,
+    NETWORK_AND_BASELINE_LABELS,
     PALETTE,
     epoch_axis,
     figure_grid,
     format_value,
     legend_below,
+    legend_columns,
     legend_height,
     legend_title,
     no_data,
@@ -83,7 +85,9 @@ def knn_overlay_figure(sweep: SweepResults) -> Figure:
     labels = point_labels(sweep)
     colors = point_colors(labels)
     # the legend goes below the axes: inside (loc="best") it hid the first epochs' curves
-    bottom = 0.6 + legend_height(len(colors) + 4, 4)
+    entries = [*colors, *NETWORK_AND_BASELINE_LABELS]
+    ncol = legend_columns(entries, 7.6 + 0.95, 4)
+    bottom = 0.6 + legend_height(len(entries), ncol)
     fig, axes = figure_grid(1, 1, panel=(7.6, 4.4), gap=(0, 0),
                              margins=(0.75, 0.2, bottom, 0.4))
     ax = axes[0, 0]
@@ -122,7 +126,7 @@ def knn_overlay_figure(sweep: SweepResults) -> Figure:
     handles += [Line2D([], [], color="0.2", linestyle="-", label="teacher"),
                 Line2D([], [], color="0.2", linestyle="--", label="student"), *baselines]
     title = f"{legend_title(sweep)} (mean ± std over seeds)"
-    legend_below(fig, handles, ncol=4, title=title)
+    legend_below(fig, handles, ncol=ncol, title=title)
     return fig
 
 

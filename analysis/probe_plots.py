@@ -27,9 +27,11 @@ from matplotlib.lines import Line2D
 
 from analysis.figure_style import (
     LABEL_BOX,
+    NETWORK_AND_BASELINE_LABELS,
     epoch_axis,
     figure_grid,
     legend_below,
+    legend_columns,
     legend_height,
     legend_title,
     point_colors,
@@ -141,12 +143,18 @@ def linear_figure(sweep: SweepResults) -> Figure | None:
     colors = point_colors(labels)
     rows["label"] = rows["run_id"].map(dict(zip(sweep.runs["run_id"], labels, strict=True)))
     once = bool((rows.groupby("run_id")["epoch"].nunique() == 1).all())
-    bottom = 0.6 + legend_height(4 if once else len(colors) + 4, 4)
+    ticks = _point_ticks(rows, colors) if once else {}
+    # a tick of several lines (keys, an epoch range) pushes the axis label down
+    lines = max((tick.count("\n") for tick in ticks.values()), default=0)
+    entries = list(NETWORK_AND_BASELINE_LABELS) if once else \
+        [*colors, *NETWORK_AND_BASELINE_LABELS]
+    ncol = legend_columns(entries, 7.6 + 0.95, 4)
+    bottom = 0.6 + legend_height(len(entries), ncol) + 0.16 * lines
     fig, axes = figure_grid(1, 1, panel=(7.6, 4.4), gap=(0, 0),
                             margins=(0.75, 0.2, bottom, 0.4))
     ax = axes[0, 0]
     if once:  # the usual case: each run is probed once, at its end
-        plotted = _draw_points(ax, rows, colors)
+        plotted = _draw_points(ax, rows, colors, ticks)
         epochs = sorted({int(e) for e in rows["epoch"]})
         when = f"epoch {epochs[0]}" if len(epochs) == 1 else "each run's last probed epoch"
         ax.set_xlabel(f"{legend_title(sweep)} (probed at {when})")
@@ -168,7 +176,8 @@ def linear_figure(sweep: SweepResults) -> Figure | None:
         Line2D([], [], color=colors[label], linewidth=2.5, label=label)
         for label in dict.fromkeys(plotted)]
     handles += [*networks, *baselines]
-    legend_below(fig, handles, ncol=4, title=f"{legend_title(sweep)} (mean ± std over seeds)")
+    legend_below(fig, handles, ncol=ncol,
+                 title=f"{legend_title(sweep)} (mean ± std over seeds)")
     return fig
 
 
@@ -197,10 +206,25 @@ def _draw_curves(ax: Axes, rows: pd.DataFrame, colors: dict[str, str]) -> list[s
 _POINT_OFFSET = {"linear_teacher": -0.12, "linear_student": 0.12}
 
 
-def _draw_points(ax: Axes, rows: pd.DataFrame, colors: dict[str, str]) -> list[str]:
+def _point_ticks(rows: pd.DataFrame, colors: dict[str, str]) -> dict[str, str]:
+    """The x tick of each point with a probe value: its label, one key a line, and the epochs
+    its seeds were probed at when they differ (a seed that ended early)."""
+    ticks = {}
+    for label in colors:
+        epochs = sorted({int(e) for e in rows[rows["label"] == label]["epoch"]})
+        if not epochs:
+            continue
+        tick = label.replace(", ", "\n")
+        ticks[label] = tick if len(epochs) == 1 else \
+            f"{tick}\n(epochs {epochs[0]}-{epochs[-1]})"
+    return ticks
+
+
+def _draw_points(ax: Axes, rows: pd.DataFrame, colors: dict[str, str],
+                 ticks: dict[str, str]) -> list[str]:
     """Probes of one epoch: a teacher and a student marker per point along a categorical x
     axis, with the seeds' std as error bars (an epoch axis would show one column of dots)."""
-    plotted = [label for label in colors if (rows["label"] == label).any()]
+    plotted = list(ticks)
     for x, label in enumerate(plotted):
         for column, _, marker in _PROBES:
             values = rows[(rows["label"] == label) & (rows["column"] == column)]["value"]
@@ -211,11 +235,8 @@ def _draw_points(ax: Axes, rows: pd.DataFrame, colors: dict[str, str]) -> list[s
                         marker=marker, markersize=7, color=colors[label], capsize=3,
                         linestyle="none", fillstyle="full" if column == "linear_teacher"
                         else "none")
-    ticks = []
-    for label in plotted:  # seeds probed at different epochs (one ended early) say so
-        epochs = sorted({int(e) for e in rows[rows["label"] == label]["epoch"]})
-        ticks.append(label if len(epochs) == 1 else f"{label}\n(epochs {epochs[0]}-{epochs[-1]})")
-    ax.set_xticks(range(len(plotted)), ticks, rotation=20 if len(plotted) > 5 else 0,
-                  ha="right" if len(plotted) > 5 else "center")
+    many = len(plotted) > 5
+    ax.set_xticks(range(len(plotted)), [ticks[label] for label in plotted],
+                  rotation=20 if many else 0, ha="right" if many else "center")
     ax.set_xlim(-0.6, len(plotted) - 0.4)
     return plotted

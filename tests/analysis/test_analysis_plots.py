@@ -152,3 +152,25 @@ def test_the_knn_overlays_legend_covers_no_curve(teacher_sweep: Path) -> None:
     box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
     assert box.y1 <= area.y0, (box, area)
     assert {text.get_text() for text in legend.get_texts()} >= {"teacher", "student", "ema"}
+
+
+def test_a_legend_of_long_point_labels_stays_inside_the_figure(tmp_path: Path) -> None:
+    """Points of two keys (the collapse study's `loss.normalization=centering,
+    loss.sharpening=True`): the legend below takes fewer columns instead of running off the
+    figure's sides (regression: 4 columns cut the labels at both edges)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from analysis.plots import knn_overlay_figure
+
+    runs = [{"run_id": f"normalization-{norm}_sharpening-{sharp}", "seed": 0,
+             "varied": {"loss.normalization": norm, "loss.sharpening": sharp},
+             "records": synth.make_records(8)}
+            for norm, sharp in (("centering", True), ("centering", False), ("none", True))]
+    figure = knn_overlay_figure(load_results(synth.write_sweep(tmp_path / "sweep", runs)))
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    (legend,) = figure.legends
+    box, whole = legend.get_window_extent(renderer), figure.bbox
+    assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0, (box, whole)
+    assert "loss.normalization=centering, loss.sharpening=True" in \
+        {text.get_text() for text in legend.get_texts()}
