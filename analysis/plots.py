@@ -200,7 +200,8 @@ def collapse_figure(sweep: SweepResults) -> Figure:
     """Teacher entropy and KL(teacher‖student) per run over epochs (Fig. 7)."""
     labels = point_labels(sweep)
     colors = point_colors(labels)
-    bottom = 0.95 + legend_height(len(colors) + 1, 5)
+    ncol = legend_columns([*colors, "collapse starts"], 0.75 + 1.05 + 2 * 5.2 + 1.8, 5)
+    bottom = 0.95 + legend_height(len(colors) + 1, ncol)
     fig, axes = figure_grid(1, 2, panel=(5.2, 3.9), gap=(1.8, 0),
                              margins=(0.75, 1.05, bottom, 0.75))
     entropy_ax, kl_ax = axes[0]
@@ -242,7 +243,7 @@ def collapse_figure(sweep: SweepResults) -> Figure:
     if annotated:
         handles.append(Line2D([], [], color="black", marker="X", linestyle="none",
                               markersize=8, label="collapse starts"))
-    legend_below(fig, handles, ncol=5, title=legend_title(sweep))
+    legend_below(fig, handles, ncol=ncol, title=legend_title(sweep))
     return fig
 
 
