@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # The main job on the embedded default: the `local` profile (scikit-learn's digits, CPU) of the
 # teacher-update study (Fig. 6: the EMA teacher-vs-student curves, and two teachers that collapse)
 # on a private Ray on this machine, then its HTML report and table. Its 4 runs fill 2 pairs of
-# cores: ~11 of the demo's minutes on a slow 2-core machine (2026-12-08). The collapse study
+# cores: 10.5 of the demo's 13 minutes on a 2-core machine (2026-12-08). The collapse study
 # (Fig. 7) adds 2 more runs (314 s after `make demo`; its `both` point is the EMA run, copied):
 #   make demo DEMO_SWEEPS="teacher_update centering_sharpening"
 # Finished runs are skipped, so running it again is cheap.
