@@ -31,6 +31,7 @@ demo: $(STAMP)
 	  $(BIN)/dino-ablate -q table $(OUT)/$$s/local || exit 1; \
 	done
 	@echo "demo done: open $(foreach s,$(DEMO_SWEEPS),$(OUT)/$(s)/local/analysis/report.html)"
+	$(if $(filter centering_sharpening,$(DEMO_SWEEPS)),,@echo "the collapse study (Fig. 7, 2 more runs): make demo DEMO_SWEEPS=\"$(DEMO_SWEEPS) centering_sharpening\"")
 
 # The `local` profile of every ablation sweep (issue 4) on a private Ray on this machine, then
 # every sweep file's claims over the run directories, with the pass rates of files 1-5 and 6-9
