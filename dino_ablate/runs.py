@@ -380,9 +380,6 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None,
     reason = status.get("reason")
     lock_holder = RunLock(run_dir).holder()
     slurm_job = str(job_id) if launch.get("backend") == "slurm" and job_id else None
-    # another rank failed and its launcher ended rank 0 before it could record why
-    failed_rank = None if trained in FINAL else rank_failures.first_failure(
-        run_dir, run_dir / STATUS_FILE, slurm_job=slurm_job)
     if trained in FINAL:
         state = trained
     elif job_active(job_state):
@@ -391,18 +388,20 @@ def run_state(run_dir: Path, job_states: Mapping[str, str] | None = None,
         state = "running" if trained == "running" else "queued"
     elif trained == "failed":
         state = "failed"
-    elif slurm_error and slurm_job and not failed_rank:
-        state = "unknown"
-        said = (f"status.json says running at epoch {status.get('epoch')}"
-                if trained == "running" else "the trainer has written no status yet")
-        reason = (f"SLURM could not be asked ({slurm_error}): job {job_id} may be queued, "
-                  f"running or ended; {said}")
-    elif failed_rank:
+    elif failed_rank := rank_failures.first_failure(run_dir, run_dir / STATUS_FILE,
+                                                    slurm_job=slurm_job):
+        # another rank failed and its launcher ended rank 0 before it could record why
         state = "failed"
         where = f"at epoch {status.get('epoch')}" if trained == "running" else "at start"
         ended = f"; {_job_end(job_id, job_state)}" if job_id and job_state else ""
         reason = (f"interrupted {where}: {failed_rank}{ended}; "
                   "resubmit to resume")
+    elif slurm_error and slurm_job:
+        state = "unknown"
+        said = (f"status.json says running at epoch {status.get('epoch')}"
+                if trained == "running" else "the trainer has written no status yet")
+        reason = (f"SLURM could not be asked ({slurm_error}): job {job_id} may be queued, "
+                  f"running or ended; {said}")
     elif trained == "running":
         # the trainer said running but nobody is executing it any more
         state = "failed"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,22 +235,35 @@ def test_slurmd_lost_for_a_while_then_back(slurm_cluster: Any, tmp_path: Path) -
           f"({sorted(to_resubmit)}); restart log:\n{restart.stdout}")
 
 
+@contextlib.contextmanager
+def _pending_behind_an_exclusive_job(tmp_path: Path, name: str) -> Iterator[
+        tuple[Path, Path, Path, str, dict[str, Any]]]:
+    """A one-point sweep submitted to SLURM whose job waits (PENDING) while a job of the whole
+    node runs: (sweep file, output root, sweep dir, run id, its status row). The blocker is
+    cancelled on leaving, so the job then runs."""
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--output",
+                              str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        file = one_point_sweep(tmp_path / f"{name}.yaml", name, 2)
+        out = tmp_path / "out"
+        cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
+        sweep_dir = out / name / "local"
+        (run_id, row), = wait_for(sweep_dir, lambda rows: all(
+            r["job_state"] == "PENDING" for r in rows.values()), 60, "the job pending").items()
+        yield file, out, sweep_dir, run_id, row
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+
+
 def test_a_queued_job_reads_queued_in_the_dry_run_and_is_not_launched_again_on_ray(
         slurm_cluster: Any, tmp_path: Path) -> None:
     """While a run's SLURM job waits (a job of the whole node runs first), the dry run asks
     SLURM and shows it `queued` (it read `pending`), and a Ray submission of the same sweep
     skips it, naming the job, and keeps its launch.json (it launched the run on Ray and
     replaced the record `status` and the next SLURM submission read). Then the job runs."""
-    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--output",
-                              str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        file = one_point_sweep(tmp_path / "queued.yaml", "queued", 2)
-        out = tmp_path / "out"
-        cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
-        sweep_dir = out / "queued" / "local"
-        (run_id, row), = wait_for(sweep_dir, lambda rows: all(
-            r["job_state"] == "PENDING" for r in rows.values()), 60, "the job pending").items()
+    with _pending_behind_an_exclusive_job(tmp_path, "queued") as (file, out, sweep_dir,
+                                                                   run_id, row):
         assert row["state"] == "queued", row
         dry = cli("sweep", str(file), "--backend", "ray", "--out", str(out), "--dry-run").stdout
         line = next(line for line in dry.splitlines() if line.startswith(run_id))
@@ -258,8 +273,6 @@ def test_a_queued_job_reads_queued_in_the_dry_run_and_is_not_launched_again_on_r
         assert f"skip    {run_id}: SLURM job {row['job_id']} is PENDING" in ray.stdout, ray.stdout
         assert "0 launched, 1 skipped" in ray.stdout, ray.stdout
         assert (sweep_dir / "runs" / run_id / "launch.json").read_text() == launch
-    finally:
-        subprocess.run(["scancel", blocker], check=True)
     rows = wait_for(sweep_dir, all_final, 300, "the job to run once the node is free")
     assert rows[run_id]["state"] == "done" and rows[run_id]["job_id"] == row["job_id"], rows
 
@@ -274,17 +287,8 @@ def test_a_stopped_slurmctld_leaves_a_queued_run_unknown_and_status_says_it_wait
     import os
     import signal
 
-    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--output",
-                              str(tmp_path / "blocker.out"), "--wrap", "sleep 300"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    job_id = None
-    try:
-        file = one_point_sweep(tmp_path / "stopped.yaml", "stopped", 2)
-        out = tmp_path / "out"
-        cli("sweep", str(file), "--backend", "slurm", "--out", str(out))
-        sweep_dir = out / "stopped" / "local"
-        (run_id, row), = wait_for(sweep_dir, lambda rows: all(
-            r["job_state"] == "PENDING" for r in rows.values()), 60, "the job pending").items()
+    with _pending_behind_an_exclusive_job(tmp_path, "stopped") as (file, out, sweep_dir,
+                                                                    run_id, row):
         job_id = row["job_id"]
         pids = dict(line.split()[:2] for line in
                     (slurm_cluster.root / "pids").read_text().splitlines() if line.strip())
@@ -307,5 +311,4 @@ def test_a_stopped_slurmctld_leaves_a_queued_run_unknown_and_status_says_it_wait
             os.kill(ctld, signal.SIGCONT)
         print(f"status with slurmctld stopped: {waited:.1f} s")
         assert status(sweep_dir)[run_id]["state"] == "queued"
-    finally:
-        subprocess.run(["scancel", blocker, *([job_id] if job_id else [])], check=True)
+        subprocess.run(["scancel", job_id], check=True)  # no need to train it
